@@ -1,0 +1,26 @@
+"""Crash-safe checkpoint and resume for Scrapy crawls."""
+
+from .addon import Addon
+from .exceptions import CheckpointError, CheckpointNotFound, CorruptCheckpointError, StoreUnavailable
+from .extension import CheckpointExtension, SpiderCheckpoint
+from .middlewares import CheckpointDownloaderMiddleware, CheckpointSpiderMiddleware
+from .models import Checkpoint, CheckpointStatus, ExtractionResults, PipelineData
+from .stores import CheckpointStore, SQLiteCheckpointStore
+
+__all__ = [
+    "Addon",
+    "Checkpoint",
+    "CheckpointDownloaderMiddleware",
+    "CheckpointError",
+    "CheckpointExtension",
+    "CheckpointNotFound",
+    "CheckpointSpiderMiddleware",
+    "CheckpointStatus",
+    "CheckpointStore",
+    "CorruptCheckpointError",
+    "ExtractionResults",
+    "PipelineData",
+    "SQLiteCheckpointStore",
+    "SpiderCheckpoint",
+    "StoreUnavailable",
+]

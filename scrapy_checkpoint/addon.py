@@ -1,0 +1,28 @@
+"""The add-on: one line in ADDONS wires every checkpoint component."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+#: Outermost positions: the extension must see what reaches the engine, and failures
+#: only after RetryMiddleware (550) has given up.
+SPIDER_MIDDLEWARE_ORDER = 10
+DOWNLOADER_MIDDLEWARE_ORDER = 10
+
+
+class Addon:
+    """Enable with ``ADDONS = {"scrapy_checkpoint.Addon": 100}``; the components stay
+    inactive (``NotConfigured``) until ``CHECKPOINT_ENABLED`` or ``ENABLE_CHECKPOINTS=true``
+    and a spider with ``checkpoint_enabled = True``."""
+
+    def update_settings(self, settings: BaseSettings) -> None:
+        for name, path, order in (
+            ("EXTENSIONS", "scrapy_checkpoint.CheckpointExtension", 0),
+            ("SPIDER_MIDDLEWARES", "scrapy_checkpoint.CheckpointSpiderMiddleware", SPIDER_MIDDLEWARE_ORDER),
+            ("DOWNLOADER_MIDDLEWARES", "scrapy_checkpoint.CheckpointDownloaderMiddleware",
+             DOWNLOADER_MIDDLEWARE_ORDER),
+        ):
+            settings.setdefault_in_component_priority_dict(name, path, order)

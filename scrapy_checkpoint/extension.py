@@ -1,0 +1,515 @@
+"""The checkpoint extension: records a crawl's progress in batches and resumes it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit, urlencode
+
+from itemadapter import ItemAdapter
+from scrapy import Request, signals
+from scrapy.exceptions import CloseSpider, DontCloseSpider, IgnoreRequest, NotConfigured
+from scrapy.utils.asyncio import create_looping_call, run_in_thread
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from twisted.python.failure import Failure
+
+from ._serialization import request_from_bytes, request_to_bytes
+from .exceptions import CheckpointError, CheckpointNotFound
+from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
+from .settings import CheckpointSettings
+from .stores import store_class
+
+if TYPE_CHECKING:
+    from scrapy import Spider
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+    from .stores import CheckpointStore
+
+logger = logging.getLogger(__name__)
+
+#: Close reasons after which a checkpoint stays ``active``: the crawl was stopped, not broken.
+STOPPED_REASONS = frozenset({
+    "shutdown",
+    "cancelled",
+    "closespider_timeout",
+    "closespider_timeout_no_item",
+    "closespider_itemcount",
+    "closespider_pagecount",
+    "closespider_pagecount_no_item",
+})
+
+
+@dataclass
+class SpiderCheckpoint:
+    """What a spider sees of its checkpoint, as ``self.checkpoint``."""
+
+    checkpoint_id: str
+    resumed: bool
+    #: A small dict the spider may read and write; saved with every flush, restored on resume.
+    state: dict[str, Any] = field(default_factory=dict)
+    #: The last page processed of each paginated listing (URL without its page parameter).
+    pagination: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Work:
+    """A request whose callback or errback is running: processed once its output is
+    consumed and every item it produced has left the item pipelines."""
+
+    request: Request
+    running: int = 0
+    items: int = 0
+    ran: bool = False
+
+
+class CheckpointExtension:
+    """Records discovered and processed requests, items, pagination and spider state, and
+    reseeds the scheduler on ``CHECKPOINT_RESUME``.
+
+    Events are buffered in a :class:`~scrapy_checkpoint.models.Batch` and flushed to the
+    store from a worker thread every ``CHECKPOINT_FLUSH_INTERVAL`` seconds, every
+    ``CHECKPOINT_BATCH_SIZE`` events, and at close.
+    """
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.settings = CheckpointSettings.from_settings(crawler.settings)
+        if not getattr(crawler.spidercls, "checkpoint_enabled", False):
+            raise NotConfigured
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.fingerprint = crawler.request_fingerprinter.fingerprint
+        self.store: CheckpointStore = store_class(self.settings).from_checkpoint_settings(self.settings)
+        self.checkpoint: Checkpoint | None = None
+        self.spider_checkpoint: SpiderCheckpoint | None = None
+        self._steps: dict[str, int] = dict(getattr(crawler.spidercls, "checkpoint_steps", {}) or {})
+        self._seq = 0
+        self._batch = Batch(seq=1)
+        self._events = 0
+        self._unflushed: deque[Batch] = deque()
+        self._flushing: Any = None
+        self._loop: Any = None
+        self._work: dict[Any, _Work] = {}
+        self._last_discovered: Request | None = None
+        self._warned: set[str] = set()
+        self._saved_state: dict[str, Any] = {}
+        # Resume state.
+        self._processed_before: set[bytes] = set()
+        self._pending_start: set[bytes] = set()
+        self._reseed_cursor: Any = None
+        self._reseed_chunk: list[bytes] | None = None
+        self._reseed_wanted = False
+        self._reseed_done = True
+        self._reseeding = False
+        crawler.signals.connect(self.spider_opened, signals.spider_opened)
+        crawler.signals.connect(self.spider_closed, signals.spider_closed)
+        crawler.signals.connect(self.request_scheduled, signals.request_scheduled)
+        crawler.signals.connect(self.request_dropped, signals.request_dropped)
+        crawler.signals.connect(self.item_scraped, signals.item_scraped)
+        crawler.signals.connect(self.item_done, signals.item_dropped)
+        crawler.signals.connect(self.item_done, signals.item_error)
+        crawler.signals.connect(self.scheduler_empty, signals.scheduler_empty)
+        crawler.signals.connect(self.spider_idle, signals.spider_idle)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> CheckpointExtension:
+        return cls(crawler)
+
+    # Opening and resuming
+
+    def _identity(self, spider: Spider) -> tuple[str, str, str]:
+        domains = getattr(spider, "allowed_domains", None) or []
+        site = getattr(spider, "checkpoint_site_domain", None) or (domains[0] if domains else spider.name)
+        job = getattr(spider, "checkpoint_job_type", None) or "default"
+        return spider.name, str(site), str(job)
+
+    async def spider_opened(self, spider: Spider) -> None:
+        try:
+            await run_in_thread(self.store.open)
+            checkpoint, resumed = await self._load_or_create(spider)
+        except CheckpointError as exc:
+            logger.error("%s", exc)
+            raise CloseSpider("checkpoint_error") from exc
+        self.checkpoint = checkpoint
+        self._seq = checkpoint.seq
+        if resumed:
+            self._restore_started(checkpoint)
+        data = checkpoint.pipeline_data
+        self._saved_state = dict(data.state)
+        self.spider_checkpoint = SpiderCheckpoint(
+            checkpoint.checkpoint_id, resumed, dict(data.state), dict(data.pagination_state)
+        )
+        spider.checkpoint = self.spider_checkpoint  # type: ignore[attr-defined]
+        self.stats.set_value("checkpoint/id", checkpoint.checkpoint_id)
+        self._loop = create_looping_call(self._flush_soon)
+        self._loop.start(self.settings.flush_interval, now=False)
+
+    async def _load_or_create(self, spider: Spider) -> tuple[Checkpoint, bool]:
+        name, site, job = self._identity(spider)
+        settings = self.settings
+        found: Checkpoint | None
+        if settings.checkpoint_id:
+            found = await run_in_thread(self.store.get, settings.checkpoint_id)
+            if found is None:
+                raise CheckpointNotFound(
+                    f"CHECKPOINT_ID ({settings.checkpoint_id!r}) names no checkpoint in "
+                    f"{self.store.describe()}; check the id, or drop CHECKPOINT_ID to start anew."
+                )
+            if not found.resumable:
+                raise CheckpointError(
+                    f"Checkpoint {found.checkpoint_id} is {found.status.value} and cannot be resumed."
+                )
+        else:
+            found = await run_in_thread(self.store.find_resumable, name, site, job)
+        if found is not None and settings.resume:
+            await self._load_fingerprints(found)
+            return found, True
+        if found is not None:
+            logger.info(
+                "Checkpoint %(id)s of %(spider)s (%(site)s, %(job)s) can be resumed: run again with "
+                "-s CHECKPOINT_RESUME=1 (or -s CHECKPOINT_ID=%(id)s). Starting a new checkpoint.",
+                {"id": found.checkpoint_id, "spider": name, "site": site, "job": job},
+            )
+        elif settings.resume:
+            logger.info(
+                "No resumable checkpoint of %(spider)s (%(site)s, %(job)s) in %(store)s: starting a new one.",
+                {"spider": name, "site": site, "job": job, "store": self.store.describe()},
+            )
+        checkpoint = Checkpoint.new(ttl=settings.ttl, spider=name, site_domain=site, job_type=job)
+        await run_in_thread(self.store.create, checkpoint)
+        logger.info(
+            "Checkpoint %(id)s started in %(store)s",
+            {"id": checkpoint.checkpoint_id, "store": self.store.describe()},
+        )
+        return checkpoint, False
+
+    async def _load_fingerprints(self, checkpoint: Checkpoint) -> None:
+        cid = checkpoint.checkpoint_id
+
+        def load() -> tuple[set[bytes], set[bytes]]:
+            return set(self.store.processed_fingerprints(cid)), set(self.store.pending_start_fingerprints(cid))
+
+        self._processed_before, self._pending_start = await run_in_thread(load)
+
+    def _restore_started(self, checkpoint: Checkpoint) -> None:
+        cid = checkpoint.checkpoint_id
+        self._batch = Batch(seq=checkpoint.seq + 1)
+        data = checkpoint.pipeline_data
+        pending = data.urls_discovered - data.urls_processed
+        self._reseed_done = pending <= 0
+        if not self._reseed_done:
+            self._load_reseed_chunk()
+        if checkpoint.status is CheckpointStatus.FAILED:
+            self._batch.status = CheckpointStatus.ACTIVE
+        self.stats.set_value("checkpoint/restored/processed", len(self._processed_before))
+        logger.info(
+            "Resuming checkpoint %(id)s: %(pending)d requests pending, %(processed)d processed, "
+            "%(items)d items so far",
+            {"id": cid, "pending": pending, "processed": data.urls_processed,
+             "items": data.extraction_results.items_scraped},
+        )
+
+    def skip_start_request(self, request: Request) -> bool:
+        """On resume, a start request already recorded is not redone: processed ones are
+        done, pending ones come back from the store."""
+        if not self._processed_before and not self._pending_start:
+            return False
+        fp = self.fingerprint(request)
+        if fp in self._processed_before or fp in self._pending_start:
+            self.stats.inc_value("checkpoint/skipped/start")
+            return True
+        return False
+
+    # Reseeding, lazily: one chunk at a time, when the scheduler runs dry.
+
+    def _load_reseed_chunk(self) -> None:
+        assert self.checkpoint is not None
+        cid = self.checkpoint.checkpoint_id
+
+        async def load() -> None:
+            try:
+                chunk, self._reseed_cursor = await run_in_thread(
+                    self.store.pending_requests, cid, self._reseed_cursor, self.settings.reseed_chunk
+                )
+            except Exception as exc:  # retried at the next scheduler_empty
+                self._store_error("reseed", exc)
+                chunk = []
+            else:
+                if not chunk:
+                    self._reseed_done = True
+            self._reseed_chunk = chunk
+            if self._reseed_wanted:
+                self.scheduler_empty()
+
+        deferred_from_coro(load())
+
+    def scheduler_empty(self) -> None:
+        if self._reseed_done and not self._reseed_chunk:
+            return
+        if self._reseed_chunk is None:  # still loading: reseed as soon as it is there
+            self._reseed_wanted = True
+            return
+        self._reseed_wanted = False
+        chunk, self._reseed_chunk = self._reseed_chunk, None
+        spider = self.crawler.spider
+        self._reseeding = True
+        try:
+            for data in chunk:
+                try:
+                    request = request_from_bytes(data, spider)
+                except Exception as exc:
+                    self._warn_once("reseed", exc, "A pending request could not be rebuilt and is skipped")
+                    continue
+                self.crawler.engine.crawl(request)
+        finally:
+            self._reseeding = False
+        self.stats.inc_value("checkpoint/restored/requests", len(chunk))
+        if not self._reseed_done:
+            self._load_reseed_chunk()
+
+    def spider_idle(self) -> None:
+        if not self._reseed_done or self._reseed_chunk:
+            self.scheduler_empty()
+            raise DontCloseSpider
+
+    # Recording
+
+    def request_scheduled(self, request: Request, spider: Spider) -> None:
+        fp = self.fingerprint(request)
+        if fp in self._processed_before and not request.dont_filter:
+            self.stats.inc_value("checkpoint/skipped/processed")
+            raise IgnoreRequest
+        if self._reseeding:
+            return
+        try:
+            data = request_to_bytes(request, spider)
+        except Exception as exc:
+            self._warn_once(
+                "unserializable", exc,
+                "A request cannot be saved in the checkpoint (it will not survive a kill)",
+            )
+            return
+        self._batch.discovered.append(
+            DiscoveredRequest(fp, request.url, data, bool(request.meta.get("is_start_request")))
+        )
+        self._last_discovered = request
+        self._added()
+
+    def request_dropped(self, request: Request) -> None:
+        # The dupefilter refused it: its twin is recorded already.
+        discovered = self._batch.discovered
+        if request is self._last_discovered and discovered:
+            discovered.pop()
+            self._events -= 1
+        self._last_discovered = None
+
+    def work_started(self, key: Any, request: Request) -> None:
+        """A callback (key: its response) or errback (key: its failure) started."""
+        work = self._work.get(key)
+        if work is None:
+            work = self._work[key] = _Work(request)
+        work.running += 1
+
+    def work_failed(self, key: Any, request: Request) -> None:
+        """An exception ended a callback; if it never started, nothing else will end it."""
+        if key not in self._work:
+            self.processed(request)
+
+    def output_item(self, key: Any) -> None:
+        self._work[key].items += 1
+
+    def work_finished(self, key: Any) -> None:
+        work = self._work[key]
+        work.running -= 1
+        work.ran = True
+        self._maybe_processed(key, work)
+
+    def item_scraped(self, item: Any, response: Response | Failure | None) -> None:
+        item_type = type(item).__name__
+        counts = self._batch.item_counts
+        counts[item_type] = counts.get(item_type, 0) + 1
+        if self.settings.store_items:
+            self._batch.items.append((item_type, ItemAdapter(item).asdict()))
+        self.item_done(response)
+
+    def item_done(self, response: Response | Failure | None) -> None:
+        work = self._work.get(response)
+        if work is not None:
+            work.items -= 1
+            self._maybe_processed(response, work)
+        self._added()
+
+    def _maybe_processed(self, key: Any, work: _Work) -> None:
+        if work.running or work.items or not work.ran:
+            return
+        del self._work[key]
+        self.processed(work.request)
+
+    def processed(self, request: Request) -> None:
+        """Record *request* as done: everything it produced is recorded already."""
+        batch = self._batch
+        batch.processed.append(self.fingerprint(request))
+        step = request.meta.get("checkpoint_step") or self._steps.get(
+            getattr(request.callback, "__name__", None) or "parse", 0
+        )
+        if step > batch.pipeline_step:
+            batch.pipeline_step = step
+        page = self._page(request)
+        if page is not None:
+            listing, number = page
+            batch.pagination[listing] = number
+            batch.current_page = number
+            if self.spider_checkpoint is not None:
+                self.spider_checkpoint.pagination[listing] = number
+        self._added()
+
+    def _page(self, request: Request) -> tuple[str, int] | None:
+        page = request.meta.get("checkpoint_page")
+        url = request.url
+        params = self.settings.page_params
+        if page is None and not any(f"{p}=" in url for p in params):
+            return None
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        rest = [(k, v) for k, v in query if k not in params]
+        if page is None:
+            page = next((v for k, v in query if k in params), None)
+        try:
+            number = int(page)
+        except (TypeError, ValueError):
+            return None
+        return urlunsplit(parts._replace(query=urlencode(rest), fragment="")), number
+
+    # Flushing
+
+    def _added(self) -> None:
+        self._events += 1
+        if self._events >= self.settings.batch_size and self._flushing is None and self.checkpoint:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._flushing is None:
+            self._flushing = deferred_from_coro(self._flush())
+
+    def _take_batch(self, status: CheckpointStatus | None = None) -> None:
+        batch = self._batch
+        if status is not None:
+            batch.status = status
+        batch.state = self._state_snapshot()
+        if not (self._events or batch.status or batch.state is not None):
+            return
+        self._seq = batch.seq
+        self._unflushed.append(batch)
+        self._batch = Batch(seq=self._seq + 1)
+        self._events = 0
+
+    def _state_snapshot(self) -> dict[str, Any] | None:
+        sc = self.spider_checkpoint
+        if sc is None or sc.state == self._saved_state:
+            return None
+        try:
+            snapshot = json.loads(json.dumps(sc.state))
+        except (TypeError, ValueError) as exc:
+            self._warn_once("state", exc, "spider.checkpoint.state must hold JSON values; it is not saved")
+            return None
+        self._saved_state = snapshot
+        return snapshot
+
+    async def _flush(self, ttl: float | None = None) -> bool:
+        """Apply every unflushed batch in order; stop at the first failure (kept for the
+        next try: a later batch never lands before an earlier one)."""
+        assert self.checkpoint is not None
+        cid = self.checkpoint.checkpoint_id
+        try:
+            while True:
+                self._take_batch()
+                if not self._unflushed:
+                    return True
+                while self._unflushed:
+                    batch = self._unflushed[0]
+                    try:
+                        await run_in_thread(self.store.apply, cid, batch, ttl or self.settings.ttl)
+                    except Exception as exc:
+                        self._store_error("flush", exc)
+                        return False
+                    self._unflushed.popleft()
+                    self.stats.inc_value("checkpoint/flushes")
+                    self.stats.inc_value("checkpoint/flushed/requests", len(batch.discovered))
+                    self.stats.inc_value("checkpoint/flushed/processed", len(batch.processed))
+                if self._events < self.settings.batch_size:
+                    return True
+        finally:
+            self._flushing = None
+
+    async def spider_closed(self, spider: Spider, reason: str) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self.checkpoint is None:
+            await run_in_thread(self.store.close)
+            return
+        while self._flushing is not None:
+            await maybe_deferred_to_future(self._flushing)
+        if reason == "finished":
+            status, ttl = CheckpointStatus.COMPLETED, self.settings.archive_ttl
+        elif reason in STOPPED_REASONS:
+            status, ttl = CheckpointStatus.ACTIVE, self.settings.ttl
+        else:
+            status, ttl = CheckpointStatus.FAILED, self.settings.ttl
+        self._take_batch(status)
+        saved = await self._flush(ttl=ttl)
+        if saved:
+            logger.info(
+                "Checkpoint %(id)s saved as %(status)s (%(reason)s)",
+                {"id": self.checkpoint.checkpoint_id, "status": status.value, "reason": reason},
+            )
+        else:
+            lost = sum(len(b.discovered) + len(b.processed) for b in self._unflushed)
+            logger.error(
+                "Checkpoint %(id)s: %(lost)d events could not be saved to %(store)s; a resume "
+                "will redo the requests they describe",
+                {"id": self.checkpoint.checkpoint_id, "lost": lost, "store": self.store.describe()},
+            )
+        await run_in_thread(self.store.close)
+
+    # Errors
+
+    def _store_error(self, action: str, exc: Exception) -> None:
+        self._warn_once(
+            "store_error", exc, f"Checkpoint store {self.store.describe()} failed to {action}; will retry"
+        )
+
+    def _warn_once(self, kind: str, exc: Exception, message: str) -> None:
+        """Count every occurrence in ``checkpoint/<kind>/<exception>``; log the first."""
+        key = f"checkpoint/{kind}/{type(exc).__name__}"
+        self.stats.inc_value(key)
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("%(message)s: %(error)r (logged once, counted in %(key)s)",
+                           {"message": message, "error": exc, "key": key})
+
+
+async def track_output(
+    extension: CheckpointExtension, key: Any, request: Request, output: AsyncIterator[Any] | Iterable[Any]
+) -> AsyncIterator[Any]:
+    """Pass a callback's or errback's output through, counting its items, and tell the
+    extension when it has all been consumed."""
+    extension.work_started(key, request)
+    try:
+        if isinstance(output, AsyncIterator):
+            async for element in output:
+                if not isinstance(element, Request):
+                    extension.output_item(key)
+                yield element
+        else:
+            for element in output:
+                if not isinstance(element, Request):
+                    extension.output_item(key)
+                yield element
+    except Exception:
+        extension.work_finished(key)
+        raise
+    extension.work_finished(key)

@@ -1,0 +1,151 @@
+"""Data models: the stored checkpoint record (pydantic) and the batch of events a flush applies."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .exceptions import CorruptCheckpointError
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def expiry(now: datetime, ttl: float) -> datetime | None:
+    """When a record written at *now* expires; a TTL of 0 means never."""
+    return now + timedelta(seconds=ttl) if ttl > 0 else None
+
+
+class CheckpointStatus(str, Enum):
+    """``active`` and ``failed`` checkpoints can be resumed; ``completed`` ones are archived."""
+
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+RESUMABLE = (CheckpointStatus.ACTIVE, CheckpointStatus.FAILED)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExtractionResults(_Model):
+    """Counts of scraped items, in all and per item class name."""
+
+    items_scraped: int = Field(0, ge=0)
+    by_type: dict[str, int] = Field(default_factory=dict)
+
+
+class PipelineData(_Model):
+    """Progress of a checkpoint.
+
+    The URL sets themselves live outside this record (one row or document per URL), so
+    that the record stays small however large the crawl grows; here are their sizes.
+    """
+
+    urls_discovered: int = Field(0, ge=0)
+    urls_processed: int = Field(0, ge=0)
+    current_page: int | None = Field(None, ge=0)
+    pagination_state: dict[str, int] = Field(default_factory=dict)
+    extraction_results: ExtractionResults = Field(default_factory=ExtractionResults)
+    state: dict[str, Any] = Field(default_factory=dict)
+
+
+class Checkpoint(_Model):
+    """One crawl's checkpoint record (the ``checkpoints`` document)."""
+
+    checkpoint_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    spider: str = Field(min_length=1)
+    site_domain: str = Field(min_length=1)
+    job_type: str = Field(min_length=1)
+    pipeline_step: int = Field(0, ge=0, le=4)
+    pipeline_data: PipelineData = Field(default_factory=PipelineData)
+    status: CheckpointStatus = CheckpointStatus.ACTIVE
+    #: Sequence number of the last batch applied; stores compare it, never clocks.
+    seq: int = Field(0, ge=0)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    #: None keeps the record for ever (CHECKPOINT_ARCHIVE_TTL = 0 on a completed crawl).
+    expires_at: datetime | None
+
+    @classmethod
+    def new(cls, *, ttl: float, **fields: Any) -> Checkpoint:
+        now = utcnow()
+        return cls(created_at=now, updated_at=now, expires_at=expiry(now, ttl), **fields)
+
+    @property
+    def resumable(self) -> bool:
+        return self.status in RESUMABLE
+
+    @classmethod
+    def parse(cls, data: Any, *, checkpoint_id: str, where: str) -> Checkpoint:
+        """Validate a stored record; a bad one raises CorruptCheckpointError naming it."""
+        try:
+            if isinstance(data, (str, bytes)):
+                return cls.model_validate_json(data)
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise CorruptCheckpointError(checkpoint_id, where, str(exc)) from exc
+
+
+@dataclass(slots=True)
+class DiscoveredRequest:
+    """A request that reached the scheduler, ready to be rebuilt on resume."""
+
+    fingerprint: bytes
+    url: str
+    data: bytes
+    start: bool = False
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything recorded since the last flush, applied to a store atomically.
+
+    Events keep their order: a URL is marked processed in the same batch as, or a later
+    one than, every request and item its callback produced. That is what makes a kill at
+    any moment safe.
+    """
+
+    seq: int
+    discovered: list[DiscoveredRequest] = field(default_factory=list)
+    processed: list[bytes] = field(default_factory=list)
+    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    item_counts: dict[str, int] = field(default_factory=dict)
+    pagination: dict[str, int] = field(default_factory=dict)
+    current_page: int | None = None
+    pipeline_step: int = 0
+    state: dict[str, Any] | None = None
+    status: CheckpointStatus | None = None
+
+    def __len__(self) -> int:
+        return len(self.discovered) + len(self.processed) + sum(self.item_counts.values())
+
+    def apply_to(self, checkpoint: Checkpoint, *, discovered: int, processed: int, ttl: float) -> None:
+        """Fold this batch's counters into *checkpoint* (stores that keep the record whole)."""
+        data = checkpoint.pipeline_data
+        data.urls_discovered += discovered
+        data.urls_processed += processed
+        results = data.extraction_results
+        for item_type, count in self.item_counts.items():
+            results.by_type[item_type] = results.by_type.get(item_type, 0) + count
+            results.items_scraped += count
+        data.pagination_state.update(self.pagination)
+        if self.current_page is not None:
+            data.current_page = self.current_page
+        if self.state is not None:
+            data.state = self.state
+        checkpoint.pipeline_step = max(checkpoint.pipeline_step, self.pipeline_step)
+        if self.status is not None:
+            checkpoint.status = self.status
+        checkpoint.seq = self.seq
+        checkpoint.updated_at = utcnow()
+        checkpoint.expires_at = expiry(checkpoint.updated_at, ttl)

@@ -1,0 +1,142 @@
+"""Checkpoint settings: every default, and every rule, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scrapy.exceptions import NotConfigured
+from scrapy.utils.project import data_path
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+DEFAULTS: dict[str, Any] = {
+    "CHECKPOINT_ENABLED": False,
+    "CHECKPOINT_RESUME": False,
+    "CHECKPOINT_ID": None,
+    "CHECKPOINT_DIR": None,
+    "CHECKPOINT_FLUSH_INTERVAL": 2.0,
+    "CHECKPOINT_BATCH_SIZE": 500,
+    "CHECKPOINT_TTL": 48 * 3600.0,
+    "CHECKPOINT_STORE_ITEMS": False,
+    "CHECKPOINT_PAGE_PARAMS": ["page"],
+    "CHECKPOINT_RESEED_CHUNK": 1000,
+    "CHECKPOINT_STORE_TIMEOUT": 5.0,
+    "CHECKPOINT_REDIS_URL": None,
+    "CHECKPOINT_REDIS_PREFIX": "checkpoint",
+    "CHECKPOINT_MONGO_URI": None,
+    "CHECKPOINT_MONGO_DATABASE": "scrapy_checkpoint",
+    "CHECKPOINT_ARCHIVE_TTL": 30 * 24 * 3600.0,
+    "CHECKPOINT_BUFFER_LIMIT": 100_000,
+}
+
+#: The environment variable that turns checkpoints on, like CHECKPOINT_ENABLED.
+ENV_SWITCH = "ENABLE_CHECKPOINTS"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def is_enabled(settings: BaseSettings) -> bool:
+    """Whether the switch is on, in settings or in the environment."""
+    if os.environ.get(ENV_SWITCH, "").strip().lower() in _TRUE:
+        return True
+    return settings.getbool("CHECKPOINT_ENABLED", DEFAULTS["CHECKPOINT_ENABLED"])
+
+
+def _get(settings: BaseSettings, name: str) -> Any:
+    value = settings.get(name)
+    return DEFAULTS[name] if value is None else value
+
+
+def _positive(settings: BaseSettings, name: str, kind: type, unit: str) -> Any:
+    raw = _get(settings, name)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or isinstance(raw, bool) or value <= 0 or value != value:
+        raise ValueError(
+            f"{name} ({raw!r}) must be a positive {unit}. Set it to e.g. {DEFAULTS[name]!r}."
+        )
+    return value
+
+
+def _bool(settings: BaseSettings, name: str) -> bool:
+    try:
+        return settings.getbool(name, DEFAULTS[name])
+    except ValueError:
+        raise ValueError(
+            f"{name} ({settings.get(name)!r}) must be a boolean: True/False, 1/0 or true/false."
+        ) from None
+
+
+def _optional_str(settings: BaseSettings, name: str) -> str | None:
+    value = settings.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} ({value!r}) must be a string.")
+    return value
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """Validated CHECKPOINT_* settings, read once at startup."""
+
+    resume: bool
+    checkpoint_id: str | None
+    directory: Path
+    flush_interval: float
+    batch_size: int
+    ttl: float
+    store_items: bool
+    page_params: tuple[str, ...]
+    reseed_chunk: int
+    store_timeout: float
+    redis_url: str | None
+    redis_prefix: str
+    mongo_uri: str | None
+    mongo_database: str
+    archive_ttl: float
+    buffer_limit: int
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> CheckpointSettings:
+        """Validate; raise bare NotConfigured when off, ValueError when invalid."""
+        if not is_enabled(settings):
+            raise NotConfigured
+        checkpoint_id = _optional_str(settings, "CHECKPOINT_ID")
+        directory = _optional_str(settings, "CHECKPOINT_DIR")
+        page_params = settings.getlist("CHECKPOINT_PAGE_PARAMS", DEFAULTS["CHECKPOINT_PAGE_PARAMS"])
+        if not all(isinstance(p, str) and p for p in page_params):
+            raise ValueError(
+                f"CHECKPOINT_PAGE_PARAMS ({page_params!r}) must be a list of query parameter names."
+            )
+        prefix = _optional_str(settings, "CHECKPOINT_REDIS_PREFIX") or DEFAULTS["CHECKPOINT_REDIS_PREFIX"]
+        database = _optional_str(settings, "CHECKPOINT_MONGO_DATABASE") or DEFAULTS["CHECKPOINT_MONGO_DATABASE"]
+        archive_ttl = float(_get(settings, "CHECKPOINT_ARCHIVE_TTL"))
+        if archive_ttl < 0:
+            raise ValueError(
+                f"CHECKPOINT_ARCHIVE_TTL ({archive_ttl!r}) must be 0 (keep forever) or a positive "
+                "number of seconds."
+            )
+        return cls(
+            resume=_bool(settings, "CHECKPOINT_RESUME") or checkpoint_id is not None,
+            checkpoint_id=checkpoint_id,
+            directory=Path(directory) if directory else Path(data_path("checkpoints", createdir=False)),
+            flush_interval=_positive(settings, "CHECKPOINT_FLUSH_INTERVAL", float, "number of seconds"),
+            batch_size=_positive(settings, "CHECKPOINT_BATCH_SIZE", int, "whole number of events"),
+            ttl=_positive(settings, "CHECKPOINT_TTL", float, "number of seconds"),
+            store_items=_bool(settings, "CHECKPOINT_STORE_ITEMS"),
+            page_params=tuple(page_params),
+            reseed_chunk=_positive(settings, "CHECKPOINT_RESEED_CHUNK", int, "whole number of requests"),
+            store_timeout=_positive(settings, "CHECKPOINT_STORE_TIMEOUT", float, "number of seconds"),
+            redis_url=_optional_str(settings, "CHECKPOINT_REDIS_URL"),
+            redis_prefix=prefix,
+            mongo_uri=_optional_str(settings, "CHECKPOINT_MONGO_URI"),
+            mongo_database=database,
+            archive_ttl=archive_ttl,
+            buffer_limit=_positive(settings, "CHECKPOINT_BUFFER_LIMIT", int, "whole number of events"),
+        )
