@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .extension import CheckpointExtension
+from .middlewares import CheckpointDownloaderMiddleware, CheckpointSpiderMiddleware
+
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
@@ -19,10 +22,9 @@ class Addon:
     and a spider with ``checkpoint_enabled = True``."""
 
     def update_settings(self, settings: BaseSettings) -> None:
-        for name, path, order in (
-            ("EXTENSIONS", "scrapy_checkpoint.CheckpointExtension", 0),
-            ("SPIDER_MIDDLEWARES", "scrapy_checkpoint.CheckpointSpiderMiddleware", SPIDER_MIDDLEWARE_ORDER),
-            ("DOWNLOADER_MIDDLEWARES", "scrapy_checkpoint.CheckpointDownloaderMiddleware",
-             DOWNLOADER_MIDDLEWARE_ORDER),
+        for name, component, order in (
+            ("EXTENSIONS", CheckpointExtension, 0),
+            ("SPIDER_MIDDLEWARES", CheckpointSpiderMiddleware, SPIDER_MIDDLEWARE_ORDER),
+            ("DOWNLOADER_MIDDLEWARES", CheckpointDownloaderMiddleware, DOWNLOADER_MIDDLEWARE_ORDER),
         ):
-            settings.setdefault_in_component_priority_dict(name, path, order)
+            settings.setdefault_in_component_priority_dict(name, component, order)

@@ -1,0 +1,78 @@
+"""The add-on wires every component, and they stay inactive until switched on."""
+
+from __future__ import annotations
+
+import pytest
+from scrapy import Spider
+from scrapy.exceptions import NotConfigured
+from scrapy.utils.misc import build_from_crawler
+from scrapy.utils.test import get_crawler
+
+from scrapy_checkpoint import (
+    Addon,
+    CheckpointDownloaderMiddleware,
+    CheckpointExtension,
+    CheckpointSpiderMiddleware,
+)
+
+
+class OptedIn(Spider):
+    name = "opted_in"
+    checkpoint_enabled = True
+
+
+class NotOptedIn(Spider):
+    name = "not_opted_in"
+
+
+def crawler_with_addon(spidercls=OptedIn, **settings):
+    crawler = get_crawler(spidercls, {"ADDONS": {Addon: 100}, **settings})
+    crawler._apply_settings()
+    return crawler
+
+
+def test_addon_adds_components_outermost():
+    settings = crawler_with_addon().settings
+    assert settings.getdict("EXTENSIONS")[CheckpointExtension] == 0
+    for name, ours in (("SPIDER_MIDDLEWARES", CheckpointSpiderMiddleware),
+                       ("DOWNLOADER_MIDDLEWARES", CheckpointDownloaderMiddleware)):
+        components = settings.getwithbase(name)
+        order = components.pop(ours)
+        assert order < min(v for v in components.values() if v is not None), name
+
+
+def test_addon_respects_user_order():
+    settings = crawler_with_addon(
+        SPIDER_MIDDLEWARES={"scrapy_checkpoint.CheckpointSpiderMiddleware": 5}
+    ).settings
+    assert settings.getdict("SPIDER_MIDDLEWARES") == {"scrapy_checkpoint.CheckpointSpiderMiddleware": 5}
+
+
+def test_switch_off_builds_nothing(monkeypatch):
+    monkeypatch.delenv("ENABLE_CHECKPOINTS", raising=False)
+    crawler = crawler_with_addon()
+    assert crawler.get_extension(CheckpointExtension) is None
+
+
+def test_switch_on_builds_extension(tmp_path):
+    crawler = crawler_with_addon(CHECKPOINT_ENABLED=True, CHECKPOINT_DIR=str(tmp_path))
+    assert isinstance(crawler.get_extension(CheckpointExtension), CheckpointExtension)
+    assert not (tmp_path / "checkpoints.sqlite3").exists()  # no I/O before the spider opens
+
+
+def test_spider_must_opt_in(tmp_path):
+    crawler = get_crawler(NotOptedIn, {"CHECKPOINT_ENABLED": True, "CHECKPOINT_DIR": str(tmp_path)})
+    with pytest.raises(NotConfigured):
+        build_from_crawler(CheckpointExtension, crawler)
+
+
+def test_invalid_setting_fails_at_startup():
+    with pytest.raises(ValueError, match="CHECKPOINT_BATCH_SIZE"):
+        crawler_with_addon(CHECKPOINT_ENABLED=True, CHECKPOINT_BATCH_SIZE=0)
+
+
+@pytest.mark.parametrize("mw", [CheckpointSpiderMiddleware, CheckpointDownloaderMiddleware])
+def test_middlewares_need_the_extension(mw):
+    crawler = crawler_with_addon()
+    with pytest.raises(NotConfigured):
+        build_from_crawler(mw, crawler)

@@ -1,0 +1,196 @@
+"""End to end: real `scrapy crawl` subprocesses against the demo shop, killed and resumed."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+
+import demo_support
+import pytest
+
+from scrapy_checkpoint.models import CheckpointStatus
+from scrapy_checkpoint.stores import SQLiteCheckpointStore
+
+pytestmark = pytest.mark.e2e
+
+BATCH_SIZE = 100
+CONCURRENCY = 16
+SEED = int(os.environ.get("CHECKPOINT_TEST_SEED", random.randrange(1 << 30)))
+
+
+def settings(tmp_path, **extra):
+    return {
+        "CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+        "CHECKPOINT_FLUSH_INTERVAL": 0.5,
+        "CHECKPOINT_BATCH_SIZE": BATCH_SIZE,
+        "CONCURRENT_REQUESTS": CONCURRENCY,
+        **extra,
+    }
+
+
+def crawl(url, tmp_path, resume=False, **kwargs):
+    extra = kwargs.pop("extra", {})
+    if resume:
+        extra["CHECKPOINT_RESUME"] = True
+    return demo_support.run_crawl(
+        None, url, tmp_path / "items.jsonl", settings(tmp_path, **extra), timeout=180, **kwargs
+    )
+
+
+def open_store(tmp_path) -> SQLiteCheckpointStore:
+    store = SQLiteCheckpointStore(tmp_path / "checkpoints" / "checkpoints.sqlite3")
+    store.open()
+    return store
+
+
+def only_checkpoint(store):
+    ids = [r[0] for r in store.db.execute("SELECT checkpoint_id FROM checkpoints")]
+    assert len(ids) == 1, ids
+    return store.get(ids[0])
+
+
+def test_hard_kills_lose_nothing(tmp_path):
+    """SIGKILL at random moments, resume until done: nothing lost, little redone."""
+    rng = random.Random(SEED)
+    products, kills = 1500, 4
+    log = tmp_path / "shop.log"
+    process, url = demo_support.start_shop(products=products, latency=0.002, log=log)
+    try:
+        points = sorted(rng.sample(range(50, products - 50), kills))
+        runs = []
+        for n, point in enumerate(points):
+            code, killed, crawl_log = crawl(url, tmp_path, resume=n > 0, kill_when_items=point)
+            assert killed, f"run {n} ended before its kill point {point} (seed {SEED}): {crawl_log}"
+            runs.append(code)
+        code, killed, crawl_log = crawl(url, tmp_path, resume=True)
+        assert (code, killed) == (0, False), crawl_log.read_text()[-3000:]
+    finally:
+        demo_support.stop_shop(process)
+    summary = demo_support.summarize(tmp_path / "items.jsonl", log, products)
+    print(f"hard kills (seed {SEED}, kill points {points}): {summary}")
+    assert runs == [-signal.SIGKILL] * kills
+    assert summary["lost"] == 0, summary
+    assert summary["malformed_lines"] == 0, summary
+    # What a kill can redo is what was not flushed yet: at most a batch plus what was in flight.
+    window = BATCH_SIZE + CONCURRENCY
+    assert summary["duplicates"] <= kills * window, summary
+    assert summary["extra_downloads"] <= kills * window, summary
+    store = open_store(tmp_path)
+    try:
+        checkpoint = only_checkpoint(store)
+        assert checkpoint.status is CheckpointStatus.COMPLETED
+        assert checkpoint.pipeline_data.urls_processed == checkpoint.pipeline_data.urls_discovered
+        assert store.pending_requests(checkpoint.checkpoint_id, None, 10)[0] == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_graceful_stop_redoes_nothing(tmp_path, shop, sig):
+    url, log, products = shop
+    code, killed, crawl_log = crawl(url, tmp_path, kill_when_items=products // 3, signal=sig)
+    assert killed
+    assert "saved as active (shutdown)" in crawl_log.read_text()
+    code, killed, crawl_log = crawl(url, tmp_path, resume=True)
+    text = crawl_log.read_text()
+    assert code == 0 and "Resuming checkpoint" in text, text[-3000:]
+    summary = demo_support.summarize(tmp_path / "items.jsonl", log, products)
+    assert summary["lost"] == 0, summary
+    assert summary["duplicates"] == 0, summary
+    assert summary["extra_downloads"] == 0, summary
+
+
+def test_completed_crawl_records_progress(tmp_path, shop):
+    url, _, products = shop
+    code, _, crawl_log = crawl(url, tmp_path, extra={"CHECKPOINT_STORE_ITEMS": True})
+    assert code == 0, crawl_log.read_text()[-3000:]
+    store = open_store(tmp_path)
+    try:
+        checkpoint = only_checkpoint(store)
+        data = checkpoint.pipeline_data
+        assert checkpoint.status is CheckpointStatus.COMPLETED
+        assert (checkpoint.spider, checkpoint.job_type) == ("products", "product_catalog")
+        assert checkpoint.pipeline_step == 4
+        assert data.extraction_results.by_type == {"Product": products}
+        # 5 categories of 120 products, 20 per page: each listing ends on page 6.
+        assert sorted(data.pagination_state.values()) == [6] * 5, data.pagination_state
+        assert all("page=" not in listing for listing in data.pagination_state)
+        items = list(store.items(checkpoint.checkpoint_id))
+        assert len(items) == products
+        assert {t for t, _ in items} == {"Product"}
+        assert len({i["sku"] for _, i in items}) == products
+    finally:
+        store.close()
+    # A new run does not resume a completed checkpoint: it starts a new one.
+    code, _, crawl_log = crawl(url, tmp_path, resume=True)
+    assert "No resumable checkpoint" in crawl_log.read_text()
+
+
+def test_new_run_says_how_to_resume(tmp_path, shop):
+    url, _, products = shop
+    crawl(url, tmp_path, kill_when_items=products // 4)
+    code, _, crawl_log = crawl(url, tmp_path)
+    text = crawl_log.read_text()
+    assert code == 0
+    assert "can be resumed: run again with -s CHECKPOINT_RESUME=1" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "expect_store"),
+    [
+        ({"CHECKPOINT_ENABLED": False}, {"ENABLE_CHECKPOINTS": ""}, False),
+        ({"CHECKPOINT_ENABLED": False}, {"ENABLE_CHECKPOINTS": "true"}, True),
+    ],
+    ids=["off", "env-switch-on"],
+)
+def test_switch(tmp_path, shop, extra, env, expect_store):
+    url, _, products = shop
+    code, _, crawl_log = crawl(url, tmp_path, extra=extra, env=env)
+    text = crawl_log.read_text()
+    assert code == 0, text[-3000:]
+    assert demo_support.summarize(tmp_path / "items.jsonl", tmp_path / "none", products)["lost"] == 0
+    assert (tmp_path / "checkpoints").exists() is expect_store
+    assert ("checkpoint/flushes" in text) is expect_store
+
+
+def test_corrupt_checkpoint_is_refused_not_restarted(tmp_path, shop):
+    url, _, products = shop
+    crawl(url, tmp_path, kill_when_items=products // 3)
+    path = tmp_path / "checkpoints" / "checkpoints.sqlite3"
+    with sqlite3.connect(path) as db:
+        (checkpoint_id,) = db.execute("SELECT checkpoint_id FROM checkpoints").fetchone()
+        db.execute("UPDATE checkpoints SET record = '{\"pipeline_step\": \"x\"}'")
+        requests_before = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    items_before = demo_support.count_lines(tmp_path / "items.jsonl")
+    code, _, crawl_log = crawl(url, tmp_path, resume=True)
+    text = crawl_log.read_text()
+    assert f"Checkpoint {checkpoint_id} in sqlite:" in text and "unreadable" in text, text[-3000:]
+    assert "'finish_reason': 'checkpoint_error'" in text
+    assert demo_support.count_lines(tmp_path / "items.jsonl") == items_before
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 1
+        assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == requests_before
+
+
+def test_unknown_checkpoint_id(tmp_path, shop):
+    url, _, _ = shop
+    code, _, crawl_log = crawl(url, tmp_path, extra={"CHECKPOINT_ID": "no-such-checkpoint"})
+    text = crawl_log.read_text()
+    assert "CHECKPOINT_ID ('no-such-checkpoint') names no checkpoint" in text, text[-3000:]
+    assert "'finish_reason': 'checkpoint_error'" in text
+    assert demo_support.count_lines(tmp_path / "items.jsonl") == 0
+
+
+def test_resume_by_id(tmp_path, shop):
+    url, log, products = shop
+    crawl(url, tmp_path, kill_when_items=products // 2)
+    store = open_store(tmp_path)
+    try:
+        checkpoint_id = only_checkpoint(store).checkpoint_id
+    finally:
+        store.close()
+    code, _, crawl_log = crawl(url, tmp_path, extra={"CHECKPOINT_ID": checkpoint_id})
+    assert f"Resuming checkpoint {checkpoint_id}" in crawl_log.read_text()
+    assert demo_support.summarize(tmp_path / "items.jsonl", log, products)["lost"] == 0

@@ -1,0 +1,107 @@
+"""Settings validation: one test per rule."""
+
+from __future__ import annotations
+
+import pytest
+from scrapy.exceptions import NotConfigured
+from scrapy.settings import Settings
+
+from scrapy_checkpoint.settings import DEFAULTS, CheckpointSettings
+
+
+def build(**values) -> CheckpointSettings:
+    settings = Settings({"CHECKPOINT_ENABLED": True, **values})
+    return CheckpointSettings.from_settings(settings)
+
+
+def test_off_by_default(monkeypatch):
+    monkeypatch.delenv("ENABLE_CHECKPOINTS", raising=False)
+    with pytest.raises(NotConfigured):
+        CheckpointSettings.from_settings(Settings())
+
+
+@pytest.mark.parametrize("value", ["true", "1", "TRUE", "yes"])
+def test_environment_switch(monkeypatch, value):
+    monkeypatch.setenv("ENABLE_CHECKPOINTS", value)
+    assert CheckpointSettings.from_settings(Settings()).flush_interval == DEFAULTS["CHECKPOINT_FLUSH_INTERVAL"]
+
+
+def test_environment_switch_false_keeps_off(monkeypatch):
+    monkeypatch.setenv("ENABLE_CHECKPOINTS", "false")
+    with pytest.raises(NotConfigured):
+        CheckpointSettings.from_settings(Settings())
+
+
+def test_defaults():
+    s = build()
+    assert s.resume is False
+    assert s.checkpoint_id is None
+    assert s.ttl == 48 * 3600
+    assert s.store_items is False
+    assert s.page_params == ("page",)
+    assert s.directory.name == "checkpoints"
+
+
+def test_checkpoint_id_implies_resume():
+    assert build(CHECKPOINT_ID="abc").resume is True
+
+
+@pytest.mark.parametrize("value", [-5, 0, "soon", float("nan")])
+def test_flush_interval_positive(value):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_FLUSH_INTERVAL \(.*\) must be a positive number of seconds"):
+        build(CHECKPOINT_FLUSH_INTERVAL=value)
+
+
+@pytest.mark.parametrize("value", [0, -1, "many", True])
+def test_batch_size_positive(value):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_BATCH_SIZE \(.*\) must be a positive whole number"):
+        build(CHECKPOINT_BATCH_SIZE=value)
+
+
+def test_ttl_positive():
+    with pytest.raises(ValueError, match=r"CHECKPOINT_TTL \(-1\) must be a positive number of seconds"):
+        build(CHECKPOINT_TTL=-1)
+
+
+def test_reseed_chunk_positive():
+    with pytest.raises(ValueError, match=r"CHECKPOINT_RESEED_CHUNK \(0\)"):
+        build(CHECKPOINT_RESEED_CHUNK=0)
+
+
+def test_store_timeout_positive():
+    with pytest.raises(ValueError, match=r"CHECKPOINT_STORE_TIMEOUT \(0\)"):
+        build(CHECKPOINT_STORE_TIMEOUT=0)
+
+
+def test_buffer_limit_positive():
+    with pytest.raises(ValueError, match=r"CHECKPOINT_BUFFER_LIMIT \(-3\)"):
+        build(CHECKPOINT_BUFFER_LIMIT=-3)
+
+
+def test_archive_ttl_not_negative():
+    with pytest.raises(ValueError, match=r"CHECKPOINT_ARCHIVE_TTL \(-1.0\) must be 0"):
+        build(CHECKPOINT_ARCHIVE_TTL=-1)
+
+
+def test_resume_must_be_boolean():
+    with pytest.raises(ValueError, match=r"CHECKPOINT_RESUME \('maybe'\) must be a boolean"):
+        build(CHECKPOINT_RESUME="maybe")
+
+
+def test_page_params_names():
+    with pytest.raises(ValueError, match=r"CHECKPOINT_PAGE_PARAMS"):
+        build(CHECKPOINT_PAGE_PARAMS=["page", 3])
+
+
+def test_page_params_from_command_line_string():
+    assert build(CHECKPOINT_PAGE_PARAMS="page,p").page_params == ("page", "p")
+
+
+def test_checkpoint_id_must_be_string():
+    with pytest.raises(ValueError, match=r"CHECKPOINT_ID \(42\) must be a string"):
+        build(CHECKPOINT_ID=42)
+
+
+def test_command_line_strings_accepted():
+    s = build(CHECKPOINT_FLUSH_INTERVAL="0.5", CHECKPOINT_BATCH_SIZE="100", CHECKPOINT_RESUME="1")
+    assert (s.flush_interval, s.batch_size, s.resume) == (0.5, 100, True)
