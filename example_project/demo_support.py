@@ -1,0 +1,265 @@
+"""Helpers to start the demo shop, run (and kill) crawls of it, and count the damage.
+
+Used by ``run_demo.py`` and by the end-to-end tests. Stdlib only, so importing this
+module never imports Scrapy: every crawl runs in its own ``scrapy crawl`` subprocess,
+which is what lets a crawl be SIGKILLed like a real crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal as _signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEMO_SHOP = PROJECT_DIR / "demo_shop.py"
+URL_PREFIX = "DEMO_SHOP_URL="
+SPIDER_NAME = "products"
+
+#: Seconds a single crawl may run before it is killed and reported as hung.
+DEFAULT_TIMEOUT = 300.0
+#: Seconds between two looks at the items file while waiting for the kill point.
+POLL_INTERVAL = 0.05
+
+
+class CrawlTimeout(TimeoutError):
+    """A crawl ran past its timeout; it has been SIGKILLed."""
+
+    def __init__(self, timeout: float, log_path: Path) -> None:
+        super().__init__(f"crawl still running after {timeout:g} s, killed; log: {log_path}")
+        self.timeout = timeout
+        self.log_path = log_path
+
+
+def start_shop(
+    products: int = 3000,
+    per_page: int = 20,
+    categories: int = 5,
+    latency: float = 0.0,
+    log: str | os.PathLike[str] | None = None,
+    *,
+    port: int = 0,
+    startup_timeout: float = 10.0,
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``demo_shop.py`` as a subprocess; return it and the URL it serves on.
+
+    Stop it with :func:`stop_shop`.
+    """
+    command = [
+        sys.executable,
+        str(DEMO_SHOP),
+        f"--port={port}",
+        f"--products={products}",
+        f"--per-page={per_page}",
+        f"--categories={categories}",
+        f"--latency={latency}",
+    ]
+    if log is not None:
+        command.append(f"--log={os.fspath(log)}")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    # A shop that fails to bind or crashes must not hang the caller on readline().
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        ready = selector.select(startup_timeout)
+    line = process.stdout.readline().strip() if ready else ""
+    if not line.startswith(URL_PREFIX):
+        stop_shop(process)
+        raise RuntimeError(
+            f"demo shop did not print its URL within {startup_timeout:g} s"
+            f" (exit code {process.returncode}, first line {line!r})"
+        )
+    return process, line[len(URL_PREFIX) :]
+
+
+def stop_shop(process: subprocess.Popen[Any], timeout: float = 5.0) -> int:
+    """Stop a shop started by :func:`start_shop` (SIGTERM, then SIGKILL); return its exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+    return process.returncode
+
+
+def setting_arg(name: str, value: Any) -> str:
+    """Format one ``-s NAME=VALUE`` argument; dicts and lists go as JSON, as Scrapy parses them."""
+    if isinstance(value, (dict, list, tuple)):
+        value = json.dumps(value)
+    return f"{name}={value}"
+
+
+def crawl_command(
+    url: str,
+    items_file: str | os.PathLike[str],
+    extra_settings: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """The ``scrapy crawl`` command line for one run of the demo spider."""
+    command = [
+        sys.executable, "-m", "scrapy", "crawl", SPIDER_NAME,
+        "-a", f"base_url={url}",
+        "-s", f"DEMO_ITEMS_FILE={os.fspath(items_file)}",
+    ]  # fmt: skip
+    for name, value in (extra_settings or {}).items():
+        command += ["-s", setting_arg(name, value)]
+    return command
+
+
+def count_lines(path: str | os.PathLike[str]) -> int:
+    """Number of complete lines in *path*; 0 if it does not exist yet."""
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b""))
+    except FileNotFoundError:
+        return 0
+
+
+class _LineCounter:
+    """Counts the lines of a growing file, reading only what was appended since last time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.lines = 0
+
+    def update(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.lines
+        self.offset += len(data)
+        self.lines += data.count(b"\n")
+        return self.lines
+
+
+def _next_log_path(directory: Path) -> Path:
+    n = 1
+    while (directory / f"crawl-{n}.log").exists():
+        n += 1
+    return directory / f"crawl-{n}.log"
+
+
+def run_crawl(
+    project_dir: str | os.PathLike[str] | None,
+    url: str,
+    items_file: str | os.PathLike[str],
+    extra_settings: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    kill_after: float | None = None,
+    kill_when_items: int | None = None,
+    signal: int = _signal.SIGKILL,
+    *,
+    log_path: str | os.PathLike[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[int, bool, Path]:
+    """Run ``scrapy crawl products`` against *url* and wait for it, or kill it.
+
+    The crawl runs in *project_dir* (default: this directory) with stdout and stderr
+    going to *log_path* (default: the next free ``crawl-N.log`` beside *items_file*).
+    *env* entries override the inherited environment. The crawl is sent *signal* once
+    *items_file* holds *kill_when_items* lines (counting lines already there), or
+    *kill_after* seconds after it started, whichever comes first.
+
+    Returns ``(returncode, killed, log_path)``; ``killed`` is true when the crawl was
+    still running when the signal was sent. Raises :class:`CrawlTimeout` (after a
+    SIGKILL) when the crawl is still running after *timeout* seconds.
+    """
+    items_path = Path(items_file).resolve()
+    log_file = Path(log_path) if log_path is not None else _next_log_path(items_path.parent)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    child_env = {**os.environ, **(env or {})}
+    counter = _LineCounter(items_path)
+    killed = False
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            crawl_command(url, items_path, extra_settings),
+            cwd=project_dir or PROJECT_DIR,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        started = time.monotonic()
+        try:
+            while process.poll() is None:
+                elapsed = time.monotonic() - started
+                if elapsed >= timeout:
+                    process.kill()
+                    process.wait()
+                    raise CrawlTimeout(timeout, log_file)
+                if not killed and (
+                    (kill_when_items is not None and counter.update() >= kill_when_items)
+                    or (kill_after is not None and elapsed >= kill_after)
+                ):
+                    process.send_signal(signal)
+                    killed = True
+                    # SIGKILL ends it at once; SIGTERM/SIGINT shut down gracefully,
+                    # still bounded by the timeout above.
+                time.sleep(POLL_INTERVAL)
+        finally:
+            # Whatever went wrong here (even Ctrl-C), never leave a crawl running.
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return process.returncode, killed, log_file
+
+
+def summarize(
+    items_file: str | os.PathLike[str],
+    shop_log: str | os.PathLike[str],
+    expected_products: int,
+) -> dict[str, int]:
+    """Count what the crawls of a demo run scraped and downloaded.
+
+    - ``scraped``: distinct skus in *items_file*; ``lost``: expected minus scraped;
+      ``duplicates``: item lines beyond one per sku.
+    - ``downloads``: requests the shop served (lines of *shop_log*);
+      ``pages_downloaded_twice``: distinct paths served more than once;
+      ``extra_downloads``: serves beyond the first, summed over those paths.
+    - ``malformed_lines``: item lines that are not JSON objects with a sku (a torn write).
+    """
+    skus: list[str] = []
+    malformed = 0
+    try:
+        with open(items_file, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    skus.append(json.loads(line)["sku"])
+                except (ValueError, KeyError, TypeError):
+                    malformed += 1
+    except FileNotFoundError:
+        pass
+    try:
+        with open(shop_log, encoding="utf-8") as f:
+            served = Counter(line.rstrip("\n") for line in f if line.strip())
+    except FileNotFoundError:
+        served = Counter()
+    unique = len(set(skus))
+    repeated = {path: n for path, n in served.items() if n > 1}
+    return {
+        "expected": expected_products,
+        "scraped": unique,
+        "lost": max(0, expected_products - unique),
+        "duplicates": len(skus) - unique,
+        "item_lines": len(skus) + malformed,
+        "malformed_lines": malformed,
+        "downloads": sum(served.values()),
+        "pages_downloaded_twice": len(repeated),
+        "extra_downloads": sum(n - 1 for n in repeated.values()),
+    }

@@ -1,0 +1,1 @@
+"""Scrapy project crawling the demo shop, with checkpoints enabled."""
