@@ -1,0 +1,30 @@
+"""Connection URIs with their credentials hidden, for logs, stats and exception messages."""
+
+from __future__ import annotations
+
+import re
+
+# Secrets in the query string: redis-py's password=, MongoDB's tlsCertificateKeyFilePassword=,
+# and AWS_SESSION_TOKEN:... inside MongoDB's authMechanismProperties=.
+_SECRET_PARAM = re.compile(r"((?:^|[&;])[^=&;#]*(?:password|secret|token)[^=&;#]*=)[^&;#]*", re.I)
+_SECRET_PROPERTY = re.compile(r"((?:password|secret|token)[^=:,&;#]*:)[^,&;#]*", re.I)
+
+
+def redact_uri(uri: str) -> str:
+    """*uri* with every password replaced by ``***``; the user name and hosts stay.
+
+    ``mongodb://user:pw@a:27017,b:27017/db`` becomes ``mongodb://user:***@a:27017,b:27017/db``.
+    Everything before the last ``@`` counts as credentials, so a password with unescaped
+    ``@``, ``/`` or ``?`` is hidden whole rather than cut in two.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        scheme, rest = "", uri
+    userinfo, at, hosts = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        if colon:
+            rest = f"{user}:***@{hosts}"
+    head, question, query = rest.partition("?")
+    query = _SECRET_PROPERTY.sub(r"\1***", _SECRET_PARAM.sub(r"\1***", query))
+    return scheme + sep + head + question + query

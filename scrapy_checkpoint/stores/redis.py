@@ -1,0 +1,398 @@
+"""The Redis store: one hash per record, one key per URL set, one Lua script call per batch."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+try:
+    import redis
+except ImportError as exc:
+    raise ImportError("RedisCheckpointStore needs redis-py: pip install 'scrapy-checkpoint[redis]'") from exc
+
+from .._redact import redact_uri
+from ..exceptions import CorruptCheckpointError, StoreUnavailable
+from ..models import Batch, Checkpoint, expiry, utcnow
+from .base import CheckpointStore
+
+if TYPE_CHECKING:
+    from ..settings import CheckpointSettings
+
+#: The keys of one checkpoint, ``{prefix}:cp:{id}:{kind}``, in the order _APPLY takes them.
+_KINDS = ("record", "requests", "pending", "start", "processed", "items")
+_PAGE = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# Shared by both scripts. Every check comes before the first write, because Redis does not
+# roll a script back when it fails half way: a corrupt key must leave the batch unapplied.
+_LUA_HELPERS = """
+local function check_types(types)
+  for i, key in ipairs(KEYS) do
+    local found = redis.call('TYPE', key).ok
+    if found ~= 'none' and found ~= types[i] then
+      return redis.error_reply('CORRUPT ' .. key .. ' is a ' .. found .. ', not a ' .. types[i])
+    end
+  end
+end
+
+-- The index is one sorted set whose scores are all 0, so that it sorts by member:
+-- '<job> <updated_at in microseconds, 16 digits> <checkpoint id>'. Only active and failed
+-- checkpoints are in it. It outlives the longest TTL given to any of its checkpoints.
+local function reindex(record, index, job, id, status, stamp, ttl)
+  local old = redis.call('HGET', record, '_indexed')
+  if old then redis.call('ZREM', index, old) end
+  if status == 'completed' then
+    redis.call('HDEL', record, '_indexed')
+    return
+  end
+  local member = job .. ' ' .. stamp .. ' ' .. id
+  local left = redis.call('PTTL', index)
+  redis.call('ZADD', index, 0, member)
+  redis.call('HSET', record, '_indexed', member)
+  if ttl == 0 then
+    redis.call('PERSIST', index)
+  elseif left == -2 or (left >= 0 and left < ttl) then
+    redis.call('PEXPIRE', index, ttl)
+  end
+end
+"""
+
+# KEYS: record, index. ARGV[1]: JSON {id, job, status, stamp, ttl (ms, 0 = never)};
+# then field, value, field, value... of the record.
+_CREATE = _LUA_HELPERS + """
+local err = check_types({'hash', 'zset'})
+if err then return err end
+local h = cjson.decode(ARGV[1])
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if h.ttl > 0 then redis.call('PEXPIRE', KEYS[1], h.ttl) end
+reindex(KEYS[1], KEYS[2], h.job, h.id, h.status, h.stamp, h.ttl)
+return 1
+"""
+
+# KEYS: the checkpoint's keys in _KINDS order, then the index. ARGV[1]: JSON header (see
+# RedisCheckpointStore.apply); then fingerprint, request, start ('1'/'0') per discovered
+# request, one fingerprint per processed request, one JSON [type, fields] per item.
+# Returns 1 when applied, 0 for a batch already applied, -1 when the record is missing.
+_APPLY = _LUA_HELPERS + """
+local record, requests, pending, start, processed, items, index = unpack(KEYS)
+local err = check_types({'hash', 'hash', 'zset', 'set', 'set', 'list', 'zset'})
+if err then return err end
+if redis.call('EXISTS', record) == 0 then return -1 end
+local h = cjson.decode(ARGV[1])
+local counters = {'seq', 'urls_discovered', 'urls_processed', 'items_scraped', 'pipeline_step'}
+for name in pairs(h.item_counts) do table.insert(counters, 'type:' .. name) end
+local values = redis.call('HMGET', record, unpack(counters))
+for i, value in ipairs(values) do
+  if (value and not string.match(value, '^%d+$')) or (not value and i <= 5) then
+    return redis.error_reply('CORRUPT ' .. record .. ' field ' .. counters[i] .. ' is not a count')
+  end
+end
+local status, job = unpack(redis.call('HMGET', record, 'status', '_job'))
+if not (status and job) then
+  return redis.error_reply('CORRUPT ' .. record .. ' has no status or job')
+end
+if h.seq <= tonumber(values[1]) then return 0 end
+
+local position, found, done, argi = tonumber(values[2]), 0, 0, 2
+for _ = 1, h.discovered do
+  local fp = ARGV[argi]
+  if redis.call('SISMEMBER', processed, fp) == 0 and redis.call('HSETNX', requests, fp, ARGV[argi + 1]) == 1 then
+    found = found + 1
+    redis.call('ZADD', pending, position + found, fp)
+    if ARGV[argi + 2] == '1' then redis.call('SADD', start, fp) end
+  end
+  argi = argi + 3
+end
+for _ = 1, h.processed do
+  local fp = ARGV[argi]
+  if redis.call('SADD', processed, fp) == 1 then
+    done = done + 1
+    -- Processed without a record (it could not be serialized): it was discovered too.
+    if redis.call('ZREM', pending, fp) == 0 then found = found + 1 end
+    redis.call('HDEL', requests, fp)
+    redis.call('SREM', start, fp)
+  end
+  argi = argi + 1
+end
+for _ = 1, h.items do
+  redis.call('RPUSH', items, ARGV[argi])
+  argi = argi + 1
+end
+
+redis.call('HINCRBY', record, 'urls_discovered', found)
+redis.call('HINCRBY', record, 'urls_processed', done)
+local scraped = 0
+for name, count in pairs(h.item_counts) do
+  redis.call('HINCRBY', record, 'type:' .. name, count)
+  scraped = scraped + count
+end
+redis.call('HINCRBY', record, 'items_scraped', scraped)
+for key, page in pairs(h.pagination) do redis.call('HSET', record, 'page:' .. key, page) end
+if h.current_page then redis.call('HSET', record, 'current_page', h.current_page) end
+if h.state then redis.call('HSET', record, 'state', h.state) end
+if h.pipeline_step > tonumber(values[5]) then redis.call('HSET', record, 'pipeline_step', h.pipeline_step) end
+status = h.status or status
+redis.call('HSET', record, 'status', status, 'seq', h.seq, 'updated_at', h.updated_at)
+if h.expires_at then
+  redis.call('HSET', record, 'expires_at', h.expires_at)
+else
+  redis.call('HDEL', record, 'expires_at')
+end
+for i = 1, 6 do
+  if h.ttl == 0 then redis.call('PERSIST', KEYS[i]) else redis.call('PEXPIRE', KEYS[i], h.ttl) end
+end
+reindex(record, index, job, h.id, status, h.stamp, h.ttl)
+return 1
+"""
+
+
+def _ttl_ms(ttl: float) -> int:
+    """Milliseconds for PEXPIRE; 0 means persist, so a tiny positive TTL rounds up to 1."""
+    return max(1, round(ttl * 1000)) if ttl > 0 else 0
+
+
+def _stamp(moment: datetime) -> str:
+    """Microseconds since the epoch in 16 digits, which sort as text in time order."""
+    return f"{(moment - _EPOCH) // timedelta(microseconds=1):016d}"
+
+
+def _job(spider: str, site_domain: str, job_type: str) -> str:
+    return json.dumps([spider, site_domain, job_type], separators=(",", ":"))
+
+
+def _record_fields(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The record as hash fields: counters stay fields so that a batch increments them."""
+    data = checkpoint.pipeline_data
+    results = data.extraction_results
+    fields: dict[str, Any] = {
+        "checkpoint_id": checkpoint.checkpoint_id,
+        "spider": checkpoint.spider,
+        "site_domain": checkpoint.site_domain,
+        "job_type": checkpoint.job_type,
+        "pipeline_step": checkpoint.pipeline_step,
+        "status": checkpoint.status.value,
+        "seq": checkpoint.seq,
+        "created_at": checkpoint.created_at.isoformat(),
+        "updated_at": checkpoint.updated_at.isoformat(),
+        "urls_discovered": data.urls_discovered,
+        "urls_processed": data.urls_processed,
+        "items_scraped": results.items_scraped,
+        "state": json.dumps(data.state, default=str),
+        "_job": _job(checkpoint.spider, checkpoint.site_domain, checkpoint.job_type),
+    }
+    if checkpoint.expires_at is not None:
+        fields["expires_at"] = checkpoint.expires_at.isoformat()
+    if data.current_page is not None:
+        fields["current_page"] = data.current_page
+    fields.update((f"type:{name}", count) for name, count in results.by_type.items())
+    fields.update((f"page:{key}", page) for key, page in data.pagination_state.items())
+    return fields
+
+
+class RedisCheckpointStore(CheckpointStore):
+    """Checkpoints in Redis, every key under ``CHECKPOINT_REDIS_PREFIX:``.
+
+    Per checkpoint, ``{prefix}:cp:{id}:`` followed by ``record`` (hash: the record, with its
+    counters as fields), ``requests`` (hash: fingerprint to serialized request, pending
+    requests only), ``pending`` (sorted set: fingerprints by discovery position), ``start``
+    (set: pending start requests), ``processed`` (set) and ``items`` (list of JSON). All of
+    them expire together, ``ttl`` seconds after the last batch. ``{prefix}:resumable`` indexes
+    the active and failed checkpoints so that resuming never scans the keyspace.
+
+    A batch is one EVALSHA: Redis runs the script alone, so other clients see all of the
+    batch or none of it.
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str = "checkpoint", timeout: float = 5.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+        self._index = f"{prefix}:resumable"
+        self._client: redis.Redis | None = None
+
+    @classmethod
+    def from_checkpoint_settings(cls, settings: CheckpointSettings) -> RedisCheckpointStore:
+        return cls(settings.redis_url, settings.redis_prefix, settings.store_timeout)
+
+    def describe(self) -> str:
+        return redact_uri(self.url)
+
+    def open(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            client = redis.Redis.from_url(
+                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            )
+        except ValueError:
+            # from None: urllib's message may quote part of a mangled password.
+            raise ValueError(
+                f"CHECKPOINT_REDIS_URL ({self.describe()}) must be a redis:// or rediss:// URL."
+            ) from None
+        with self._errors():
+            client.ping()
+        self._create = client.register_script(_CREATE)
+        self._apply = client.register_script(_APPLY)
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            raise RuntimeError(f"{self.describe()} is not open")
+        return self._client
+
+    @contextmanager
+    def _errors(self, checkpoint_id: str | None = None) -> Iterator[None]:
+        """redis-py's errors as the store's: unreachable, or a checkpoint that is corrupt."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis at {self.describe()} is unavailable: {exc}") from exc
+        except redis.ResponseError as exc:
+            if checkpoint_id is None or not str(exc).startswith(("WRONGTYPE", "CORRUPT")):
+                raise
+            raise CorruptCheckpointError(checkpoint_id, self.describe(), str(exc)) from exc
+
+    def _key(self, checkpoint_id: str, kind: str) -> str:
+        return f"{self.prefix}:cp:{checkpoint_id}:{kind}"
+
+    def _read_record(self, checkpoint_id: str, raw: dict[bytes, bytes]) -> Checkpoint:
+        try:
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            state = json.loads(fields.get("state", "null"))
+        except ValueError as exc:  # not UTF-8, or not JSON
+            raise CorruptCheckpointError(checkpoint_id, self.describe(), str(exc)) from exc
+
+        def prefixed(prefix: str) -> dict[str, str]:
+            return {k[len(prefix):]: v for k, v in fields.items() if k.startswith(prefix)}
+
+        record: dict[str, Any] = {
+            name: fields.get(name)
+            for name in ("checkpoint_id", "spider", "site_domain", "job_type", "pipeline_step",
+                         "status", "seq", "created_at", "updated_at", "expires_at")
+        }
+        record["pipeline_data"] = {
+            "urls_discovered": fields.get("urls_discovered"),
+            "urls_processed": fields.get("urls_processed"),
+            "current_page": fields.get("current_page"),
+            "pagination_state": prefixed("page:"),
+            "extraction_results": {"items_scraped": fields.get("items_scraped"), "by_type": prefixed("type:")},
+            "state": state,
+        }
+        return Checkpoint.parse(record, checkpoint_id=checkpoint_id, where=self.describe())
+
+    def create(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.expires_at is None:
+            ttl = 0.0
+        else:
+            ttl = max((checkpoint.expires_at - utcnow()).total_seconds(), 0.001)
+        header = {
+            "id": checkpoint.checkpoint_id,
+            "job": _job(checkpoint.spider, checkpoint.site_domain, checkpoint.job_type),
+            "status": checkpoint.status.value,
+            "stamp": _stamp(checkpoint.updated_at),
+            "ttl": _ttl_ms(ttl),
+        }
+        args: list[Any] = [json.dumps(header)]
+        for field, value in _record_fields(checkpoint).items():
+            args += (field, value)
+        with self._errors(checkpoint.checkpoint_id):
+            self._create(keys=[self._key(checkpoint.checkpoint_id, "record"), self._index], args=args)
+
+    def get(self, checkpoint_id: str) -> Checkpoint | None:
+        with self._errors(checkpoint_id):
+            raw = self.client.hgetall(self._key(checkpoint_id, "record"))
+        return self._read_record(checkpoint_id, raw) if raw else None
+
+    def find_resumable(self, spider: str, site_domain: str, job_type: str) -> Checkpoint | None:
+        job = _job(spider, site_domain, job_type).encode()
+        with self._errors():
+            members = self.client.zrevrangebylex(self._index, b"(" + job + b"!", b"[" + job + b" ")
+        for member in members:
+            checkpoint_id = member[len(job) + 18:].decode()  # after ' <16-digit stamp> '
+            checkpoint = self.get(checkpoint_id)
+            if checkpoint is None:  # expired: its record went, its index entry stayed
+                with self._errors():
+                    self.client.zrem(self._index, member)
+            elif checkpoint.resumable:
+                return checkpoint
+        return None
+
+    def apply(self, checkpoint_id: str, batch: Batch, ttl: float) -> None:
+        now = utcnow()
+        expires_at = expiry(now, ttl)
+        header = {
+            "id": checkpoint_id,
+            "seq": batch.seq,
+            "ttl": _ttl_ms(ttl),
+            "stamp": _stamp(now),
+            "updated_at": now.isoformat(),
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "status": batch.status.value if batch.status else None,
+            "pipeline_step": batch.pipeline_step,
+            "current_page": batch.current_page,
+            "state": None if batch.state is None else json.dumps(batch.state, default=str),
+            "item_counts": batch.item_counts,
+            "pagination": batch.pagination,
+            "discovered": len(batch.discovered),
+            "processed": len(batch.processed),
+            "items": len(batch.items),
+        }
+        # None becomes a missing key, nil in Lua (cjson would make it a truthy cjson.null).
+        args: list[Any] = [json.dumps({k: v for k, v in header.items() if v is not None})]
+        for request in batch.discovered:
+            args += (request.fingerprint, request.data, int(request.start))
+        args += batch.processed
+        args += (json.dumps([item_type, item], default=str) for item_type, item in batch.items)
+        keys = [self._key(checkpoint_id, kind) for kind in _KINDS] + [self._index]
+        with self._errors(checkpoint_id):
+            applied = self._apply(keys=keys, args=args)
+        if applied < 0:
+            raise KeyError(f"checkpoint {checkpoint_id} is not in {self.describe()}")
+
+    def processed_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
+        yield from self._scan(checkpoint_id, "processed")
+
+    def pending_start_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
+        yield from self._scan(checkpoint_id, "start")
+
+    def _scan(self, checkpoint_id: str, kind: str) -> Iterator[bytes]:
+        with self._errors(checkpoint_id):
+            yield from self.client.sscan_iter(self._key(checkpoint_id, kind), count=_PAGE)
+
+    def pending_requests(
+        self, checkpoint_id: str, after: Any, limit: int
+    ) -> tuple[list[bytes], Any]:
+        low = "-inf" if after is None else f"({after}"
+        with self._errors(checkpoint_id):
+            page = self.client.zrangebyscore(
+                self._key(checkpoint_id, "pending"), low, "+inf", start=0, num=limit, withscores=True
+            )
+            requests = self.client.hmget(
+                self._key(checkpoint_id, "requests"), [fp for fp, _ in page]
+            ) if page else []
+        # A request processed between the two calls has no record any more.
+        return [r for r in requests if r is not None], (int(page[-1][1]) if page else after)
+
+    def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        key = self._key(checkpoint_id, "items")
+        for start in itertools.count(0, _PAGE):
+            with self._errors(checkpoint_id):
+                chunk = self.client.lrange(key, start, start + _PAGE - 1)
+            for raw in chunk:
+                item_type, item = json.loads(raw)
+                yield item_type, item
+            if len(chunk) < _PAGE:
+                return

