@@ -13,12 +13,12 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit, urlencode
 from itemadapter import ItemAdapter
 from scrapy import Request, signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider, IgnoreRequest, NotConfigured
-from scrapy.utils.asyncio import create_looping_call, run_in_thread
+from scrapy.utils.asyncio import create_looping_call, run_in_thread, sleep
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.python.failure import Failure
 
 from ._serialization import request_from_bytes, request_to_bytes
-from .exceptions import CheckpointError, CheckpointNotFound
+from .exceptions import CheckpointError, CheckpointNotFound, StoreUnavailable
 from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
 from .settings import CheckpointSettings
 from .stores import store_class
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Close reasons after which a checkpoint stays ``active``: the crawl was stopped, not broken.
+#: Further tries of the final flush, CHECKPOINT_STORE_TIMEOUT apart, when the store is down.
+CLOSE_RETRIES = 2
+
 STOPPED_REASONS = frozenset({
     "shutdown",
     "cancelled",
@@ -91,6 +94,7 @@ class CheckpointExtension:
         self._batch = Batch(seq=1)
         self._events = 0
         self._unflushed: deque[Batch] = deque()
+        self._uncreated = False
         self._flushing: Any = None
         self._loop: Any = None
         self._work: dict[Any, _Work] = {}
@@ -129,8 +133,16 @@ class CheckpointExtension:
 
     async def spider_opened(self, spider: Spider) -> None:
         try:
-            await run_in_thread(self.store.open)
-            checkpoint, resumed = await self._load_or_create(spider)
+            try:
+                await run_in_thread(self.store.open)
+                checkpoint, resumed = await self._load_or_create(spider)
+            except StoreUnavailable as exc:
+                if self.settings.resume:
+                    raise CheckpointError(f"{exc}: cannot resume until it is back.") from exc
+                # A new crawl goes on: its checkpoint is written once the store returns.
+                checkpoint, resumed = self._new_checkpoint(spider), False
+                self._uncreated = True
+                self._store_error("open", exc)
         except CheckpointError as exc:
             logger.error("%s", exc)
             raise CloseSpider("checkpoint_error") from exc
@@ -179,13 +191,17 @@ class CheckpointExtension:
                 "No resumable checkpoint of %(spider)s (%(site)s, %(job)s) in %(store)s: starting a new one.",
                 {"spider": name, "site": site, "job": job, "store": self.store.describe()},
             )
-        checkpoint = Checkpoint.new(ttl=settings.ttl, spider=name, site_domain=site, job_type=job)
+        checkpoint = self._new_checkpoint(spider)
         await run_in_thread(self.store.create, checkpoint)
         logger.info(
             "Checkpoint %(id)s started in %(store)s",
             {"id": checkpoint.checkpoint_id, "store": self.store.describe()},
         )
         return checkpoint, False
+
+    def _new_checkpoint(self, spider: Spider) -> Checkpoint:
+        name, site, job = self._identity(spider)
+        return Checkpoint.new(ttl=self.settings.ttl, spider=name, site_domain=site, job_type=job)
 
     async def _load_fingerprints(self, checkpoint: Checkpoint) -> None:
         cid = checkpoint.checkpoint_id
@@ -406,6 +422,31 @@ class CheckpointExtension:
         self._unflushed.append(batch)
         self._batch = Batch(seq=self._seq + 1)
         self._events = 0
+        self._limit_buffer()
+
+    def _limit_buffer(self) -> None:
+        """Keep at most CHECKPOINT_BUFFER_LIMIT events waiting for a store that is down,
+        dropping the oldest batches, and say exactly what each drop costs."""
+        buffered = sum(len(b) for b in self._unflushed)
+        while buffered > self.settings.buffer_limit and len(self._unflushed) > 1:
+            batch = self._unflushed.popleft()
+            buffered -= len(batch)
+            items = sum(batch.item_counts.values())
+            for key, count in (("requests", len(batch.discovered)), ("processed", len(batch.processed)),
+                               ("items", items)):
+                self.stats.inc_value(f"checkpoint/dropped/{key}", count)
+            logger.error(
+                "Checkpoint %(id)s: the store has been unreachable for %(buffered)d events "
+                "(CHECKPOINT_BUFFER_LIMIT %(limit)d); dropped batch %(seq)d: %(discovered)d "
+                "discovered requests, not restorable if the crawl dies before they are done; "
+                "%(processed)d processed marks, redone on resume; %(items)d item counts. "
+                "Dropped requests:\n%(urls)s",
+                {"id": self.checkpoint.checkpoint_id if self.checkpoint else "?",
+                 "buffered": buffered + len(batch), "limit": self.settings.buffer_limit,
+                 "seq": batch.seq, "discovered": len(batch.discovered),
+                 "processed": len(batch.processed), "items": items,
+                 "urls": "\n".join(r.url for r in batch.discovered) or "(none)"},
+            )
 
     def _state_snapshot(self) -> dict[str, Any] | None:
         sc = self.spider_checkpoint
@@ -429,6 +470,13 @@ class CheckpointExtension:
                 self._take_batch()
                 if not self._unflushed:
                     return True
+                if self._uncreated:
+                    try:
+                        await run_in_thread(self._create, self.checkpoint)
+                    except Exception as exc:
+                        self._store_error("create", exc)
+                        return False
+                    self._uncreated = False
                 while self._unflushed:
                     batch = self._unflushed[0]
                     try:
@@ -444,6 +492,12 @@ class CheckpointExtension:
                     return True
         finally:
             self._flushing = None
+
+    def _create(self, checkpoint: Checkpoint) -> None:
+        self.store.open()
+        self.store.create(checkpoint)
+        logger.info("Checkpoint %(id)s started in %(store)s, late: the store is back",
+                    {"id": checkpoint.checkpoint_id, "store": self.store.describe()})
 
     async def spider_closed(self, spider: Spider, reason: str) -> None:
         if self._loop is not None and self._loop.running:
@@ -461,13 +515,18 @@ class CheckpointExtension:
             status, ttl = CheckpointStatus.FAILED, self.settings.ttl
         self._take_batch(status)
         saved = await self._flush(ttl=ttl)
+        for _ in range(CLOSE_RETRIES):
+            if saved:
+                break
+            await sleep(self.settings.store_timeout)
+            saved = await self._flush(ttl=ttl)
         if saved:
             logger.info(
                 "Checkpoint %(id)s saved as %(status)s (%(reason)s)",
                 {"id": self.checkpoint.checkpoint_id, "status": status.value, "reason": reason},
             )
         else:
-            lost = sum(len(b.discovered) + len(b.processed) for b in self._unflushed)
+            lost = sum(len(b) for b in self._unflushed)
             logger.error(
                 "Checkpoint %(id)s: %(lost)d events could not be saved to %(store)s; a resume "
                 "will redo the requests they describe",

@@ -1,0 +1,214 @@
+"""The extension's bookkeeping, driven directly: what goes into a batch, and in which order."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from scrapy import Request, Spider
+from scrapy.exceptions import IgnoreRequest
+from scrapy.http import HtmlResponse
+from scrapy.utils.misc import build_from_crawler
+from scrapy.utils.test import get_crawler
+
+from scrapy_checkpoint import CheckpointExtension, SpiderCheckpoint
+from scrapy_checkpoint.models import Batch
+
+
+class ShopSpider(Spider):
+    name = "shop"
+    checkpoint_enabled = True
+    checkpoint_steps = {"parse": 1, "parse_product": 4}
+
+    def parse(self, response):
+        pass
+
+    def parse_product(self, response):
+        pass
+
+
+@pytest.fixture
+def ext(tmp_path):
+    crawler = get_crawler(ShopSpider, {"CHECKPOINT_ENABLED": True, "CHECKPOINT_DIR": str(tmp_path)})
+    crawler.spider = crawler._create_spider()
+    return build_from_crawler(CheckpointExtension, crawler)
+
+
+def response_for(request: Request) -> HtmlResponse:
+    return HtmlResponse(request.url, body=b"<html></html>", request=request)
+
+
+def fp(ext, request):
+    return ext.fingerprint(request)
+
+
+def test_processed_waits_for_output_and_items(ext):
+    spider = ext.crawler.spider
+    listing = Request("http://shop.test/c?page=2", callback=spider.parse)
+    response = response_for(listing)
+    child = Request("http://shop.test/p/1", callback=spider.parse_product)
+    item1, item2 = {"sku": "1"}, {"sku": "2"}
+
+    ext.work_started(response, listing)
+    ext.request_scheduled(child, spider)
+    ext.output_item(response)
+    ext.output_item(response)
+    ext.item_scraped(item1, response)
+    ext.work_finished(response)
+    assert ext._batch.processed == []  # an item is still in the pipelines
+    ext.item_scraped(item2, response)
+    batch = ext._batch
+    assert batch.processed == [fp(ext, listing)]
+    # Everything the callback produced is in the same batch as, or before, the mark.
+    assert [r.fingerprint for r in batch.discovered] == [fp(ext, child)]
+    assert batch.item_counts == {"dict": 2}
+
+
+def test_dropped_item_also_completes(ext):
+    spider = ext.crawler.spider
+    request = Request("http://shop.test/p/9", callback=spider.parse_product)
+    response = response_for(request)
+    ext.work_started(response, request)
+    ext.output_item(response)
+    ext.work_finished(response)
+    ext.item_done(response)
+    assert ext._batch.processed == [fp(ext, request)]
+    assert ext._batch.item_counts == {}
+
+
+def test_two_output_chains_for_one_response(ext):
+    """A process_spider_exception that returns output starts a second chain."""
+    spider = ext.crawler.spider
+    request = Request("http://shop.test/p/3", callback=spider.parse_product)
+    response = response_for(request)
+    ext.work_started(response, request)
+    ext.work_started(response, request)
+    ext.work_finished(response)
+    assert ext._batch.processed == []
+    ext.work_finished(response)
+    assert ext._batch.processed == [fp(ext, request)]
+
+
+def test_exception_before_callback_marks_processed(ext):
+    request = Request("http://shop.test/p/4")
+    ext.work_failed(response_for(request), request)
+    assert ext._batch.processed == [fp(ext, request)]
+
+
+def test_duplicate_dropped_by_scheduler_is_not_recorded(ext):
+    spider = ext.crawler.spider
+    first = Request("http://shop.test/p/1")
+    dup = Request("http://shop.test/p/1")
+    ext.request_scheduled(first, spider)
+    ext.request_scheduled(dup, spider)
+    ext.request_dropped(dup)
+    assert len(ext._batch.discovered) == 1
+    assert ext._events == 1
+
+
+def test_start_requests_flagged(ext):
+    spider = ext.crawler.spider
+    ext.request_scheduled(Request("http://shop.test/", meta={"is_start_request": True}), spider)
+    ext.request_scheduled(Request("http://shop.test/p/1"), spider)
+    assert [r.start for r in ext._batch.discovered] == [True, False]
+
+
+def test_unserializable_request_counted_and_logged_once(ext, caplog):
+    spider = ext.crawler.spider
+    for n in range(3):
+        ext.request_scheduled(Request(f"http://shop.test/p/{n}", callback=lambda r: None), spider)
+    assert ext._batch.discovered == []
+    assert ext.crawler.stats.get_value("checkpoint/unserializable/ValueError") == 3
+    warnings = [r for r in caplog.records if "cannot be saved" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_processed_before_is_filtered_unless_dont_filter(ext):
+    spider = ext.crawler.spider
+    done = Request("http://shop.test/p/1")
+    ext._processed_before = {fp(ext, done)}
+    with pytest.raises(IgnoreRequest):
+        ext.request_scheduled(done, spider)
+    ext.request_scheduled(done.replace(dont_filter=True), spider)
+    assert len(ext._batch.discovered) == 1
+    assert ext.crawler.stats.get_value("checkpoint/skipped/processed") == 1
+
+
+def test_start_requests_skipped_on_resume(ext):
+    done, pending, new = (Request(f"http://shop.test/{n}") for n in ("done", "pending", "new"))
+    ext._processed_before = {fp(ext, done)}
+    ext._pending_start = {fp(ext, pending)}
+    assert [ext.skip_start_request(r) for r in (done, pending, new)] == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("url", "meta", "expected"),
+    [
+        ("http://shop.test/c/shoes?page=3&sort=price", {}, ("http://shop.test/c/shoes?sort=price", 3)),
+        ("http://shop.test/c/shoes", {"checkpoint_page": 7}, ("http://shop.test/c/shoes", 7)),
+        ("http://shop.test/c/shoes?page=x", {}, None),
+        ("http://shop.test/p/1", {}, None),
+    ],
+)
+def test_pagination(ext, url, meta, expected):
+    ext.spider_checkpoint = SpiderCheckpoint("id", False)
+    ext.processed(Request(url, meta=meta))
+    batch = ext._batch
+    if expected is None:
+        assert batch.pagination == {} and batch.current_page is None
+    else:
+        assert batch.pagination == {expected[0]: expected[1]}
+        assert batch.current_page == expected[1]
+        assert ext.spider_checkpoint.pagination == batch.pagination
+
+
+def test_pipeline_step_from_callback_and_meta(ext):
+    spider = ext.crawler.spider
+    ext.processed(Request("http://shop.test/", callback=spider.parse))
+    assert ext._batch.pipeline_step == 1
+    ext.processed(Request("http://shop.test/p/1", callback=spider.parse_product))
+    assert ext._batch.pipeline_step == 4
+    ext.processed(Request("http://shop.test/x", meta={"checkpoint_step": 2}))
+    assert ext._batch.pipeline_step == 4  # the furthest step reached
+
+
+def test_state_saved_only_when_changed(ext):
+    ext.spider_checkpoint = SpiderCheckpoint("id", False, state={"n": 1})
+    ext._take_batch()
+    assert ext._unflushed[-1].state == {"n": 1}
+    ext._take_batch()
+    assert len(ext._unflushed) == 1  # nothing new: no batch
+    ext.spider_checkpoint.state["n"] = 2
+    ext._take_batch()
+    assert ext._unflushed[-1].state == {"n": 2}
+    assert [b.seq for b in ext._unflushed] == [1, 2]
+
+
+def test_state_that_is_not_json_is_reported(ext, caplog):
+    ext.spider_checkpoint = SpiderCheckpoint("id", False, state={"when": object()})
+    ext._take_batch()
+    assert not ext._unflushed
+    assert ext.crawler.stats.get_value("checkpoint/state/TypeError") == 1
+
+
+def test_buffer_limit_drops_oldest_batches_and_says_what(ext, caplog):
+    spider = ext.crawler.spider
+    ext.settings = ext.settings.__class__(**{**ext.settings.__dict__, "buffer_limit": 5})
+    for n in range(4):
+        ext.request_scheduled(Request(f"http://shop.test/p/{n}"), spider)
+        ext.processed(Request(f"http://shop.test/q/{n}"))
+        ext._take_batch()
+    # Batches of 2 events each; a limit of 5 keeps the newest 2 batches.
+    assert [b.seq for b in ext._unflushed] == [3, 4]
+    stats = ext.crawler.stats
+    assert stats.get_value("checkpoint/dropped/requests") == 2
+    assert stats.get_value("checkpoint/dropped/processed") == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert "dropped batch 1: 1 discovered requests" in errors[0]
+    assert "http://shop.test/p/0" in errors[0]
+
+
+def test_batch_length_counts_events():
+    batch = Batch(seq=1, processed=[b"x", b"y"], item_counts={"Product": 3})
+    assert len(batch) == 5
