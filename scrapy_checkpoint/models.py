@@ -8,13 +8,15 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .exceptions import CorruptCheckpointError
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    """Now, to the millisecond: what every store (BSON dates included) keeps exactly."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def expiry(now: datetime, ttl: float) -> datetime | None:
@@ -149,3 +151,60 @@ class Batch:
         checkpoint.seq = self.seq
         checkpoint.updated_at = utcnow()
         checkpoint.expires_at = expiry(checkpoint.updated_at, ttl)
+
+
+class PriceRange(_Model):
+    """Bounds of a price filter; either side may be open."""
+
+    min: float | None = Field(None, ge=0)
+    max: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PriceRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"price_range min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class ParsedIntent(_Model):
+    """What a user query asks for, once parsed."""
+
+    product_type: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    price_range: PriceRange = Field(default_factory=PriceRange)
+
+
+class UserQuery(_Model):
+    """A user's search request (the ``user_queries`` document)."""
+
+    query_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    user_id: str | None = None
+    raw_query: str = Field(min_length=1)
+    parsed_intent: ParsedIntent = Field(default_factory=ParsedIntent)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class QuerySessionStatus(str, Enum):
+    """Where the crawls answering a user query stand."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class QuerySession(_Model):
+    """The crawls run to answer one user query (the ``query_sessions`` document).
+
+    ``results`` is a summary (e.g. per-site counts); the items themselves stay with their
+    checkpoints, so that the document stays small.
+    """
+
+    session_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    query_id: str = Field(min_length=1)
+    checkpoint_ids: list[str] = Field(default_factory=list)
+    sites_searched: list[str] = Field(default_factory=list)
+    results: dict[str, Any] = Field(default_factory=dict)
+    status: QuerySessionStatus = QuerySessionStatus.PENDING
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)

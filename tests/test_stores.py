@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
+import re
+import socket
+import sys
 import threading
+import time
+import traceback
+from datetime import datetime, timezone
 
 import pytest
+import redis
+from pydantic import ValidationError
+from scrapy.settings import Settings
 
-from scrapy_checkpoint.exceptions import CorruptCheckpointError
-from scrapy_checkpoint.models import CheckpointStatus
-from scrapy_checkpoint.stores import SQLiteCheckpointStore
+from scrapy_checkpoint.exceptions import CorruptCheckpointError, StoreUnavailable
+from scrapy_checkpoint.models import CheckpointStatus, QuerySession, UserQuery
+from scrapy_checkpoint.settings import CheckpointSettings
+from scrapy_checkpoint.stores import SQLiteCheckpointStore, store_class
 
 from . import batch, discovered, fp, new_checkpoint
+from .redis_server import free_port
 
 TTL = 3600.0
 
@@ -205,5 +217,537 @@ class TestSQLiteStore(StoreContract):
         try:
             assert store.get(cp.checkpoint_id) is None
             assert store.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 0
+        finally:
+            store.close()
+
+
+class TestRedisStore(StoreContract):
+    PREFIX = "test-cp"
+
+    @pytest.fixture
+    def make_store(self, redis_url):
+        from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+
+        return lambda: RedisCheckpointStore(redis_url, self.PREFIX, timeout=2.0)
+
+    @pytest.fixture
+    def client(self, redis_url):
+        with redis.Redis.from_url(redis_url) as client:
+            yield client
+
+    def ttls(self, client):
+        return {key.decode(): client.pttl(key) for key in client.scan_iter()}
+
+    def test_keys_under_prefix_and_expiring(self, store, client):
+        cp = new_checkpoint()
+        store.create(cp)
+        store.apply(
+            cp.checkpoint_id,
+            batch(1, discovered=[discovered(1, start=True), discovered(2)], processed=[fp(1), fp(3)],
+                  items=[("Product", {"sku": "A1"})], item_counts={"Product": 1}),
+            TTL,
+        )
+        ttls = self.ttls(client)
+        prefix = f"{self.PREFIX}:cp:{cp.checkpoint_id}:"
+        assert set(ttls) == {f"{prefix}{kind}" for kind in ("record", "requests", "pending", "processed", "items")} | {
+            f"{self.PREFIX}:resumable"
+        }
+        assert all(0 < ttl <= TTL * 1000 for ttl in ttls.values())
+        assert store.get(cp.checkpoint_id).expires_at is not None
+
+    def test_ttl_refreshed_and_zero_persists(self, store, client):
+        cp = new_checkpoint()
+        store.create(cp)
+        store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), 10)
+        assert all(0 < ttl <= 10_000 for ttl in self.ttls(client).values())
+        store.apply(cp.checkpoint_id, batch(2, discovered=[discovered(2)], processed=[fp(3)]), TTL)
+        assert all(10_000 < ttl <= TTL * 1000 for ttl in self.ttls(client).values())
+        store.set_status(cp.checkpoint_id, CheckpointStatus.COMPLETED, 3, 0)
+        ttls = self.ttls(client)
+        assert f"{self.PREFIX}:resumable" not in ttls  # its last entry left when completed
+        assert ttls and all(ttl == -1 for ttl in ttls.values())
+        assert store.get(cp.checkpoint_id).expires_at is None
+
+    def test_expired_record_skipped_by_find_resumable(self, store, client):
+        old = new_checkpoint()
+        store.create(old)
+        new = new_checkpoint()
+        store.create(new)
+        store.apply(new.checkpoint_id, batch(1), TTL)
+        client.delete(f"{self.PREFIX}:cp:{new.checkpoint_id}:record")  # as if it had expired
+        assert store.find_resumable("products", "shop.test", "product_catalog").checkpoint_id == old.checkpoint_id
+        assert client.zcard(f"{self.PREFIX}:resumable") == 1
+
+    def test_apply_to_missing_checkpoint(self, store):
+        with pytest.raises(KeyError, match="no-such-id"):
+            store.apply("no-such-id", batch(1), TTL)
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [(None, b"\xff\xfe garbage \x00"), ("spider", b"\xff\xfe"), ("seq", b"many"), ("state", b"{not json")],
+    )
+    def test_corrupt_record_names_checkpoint(self, store, client, field, value):
+        cp = new_checkpoint()
+        store.create(cp)
+        key = f"{self.PREFIX}:cp:{cp.checkpoint_id}:record"
+        if field is None:
+            client.set(key, value)
+        else:
+            client.hset(key, field, value)
+        with pytest.raises(CorruptCheckpointError, match=cp.checkpoint_id):
+            store.get(cp.checkpoint_id)
+        with pytest.raises(CorruptCheckpointError, match=cp.checkpoint_id):
+            store.find_resumable("products", "shop.test", "product_catalog")
+
+    @pytest.mark.parametrize(("kind", "command"), [("record", "set"), ("record", "seq"), ("pending", "set")])
+    def test_corrupt_keys_leave_batch_unapplied(self, store, client, kind, command):
+        cp = new_checkpoint()
+        store.create(cp)
+        key = f"{self.PREFIX}:cp:{cp.checkpoint_id}:{kind}"
+        if command == "set":
+            client.delete(key)
+            client.set(key, b"garbage")
+        else:
+            client.hset(key, command, b"x")
+        before = {k: client.dump(k) for k in client.scan_iter()}
+        with pytest.raises(CorruptCheckpointError, match=cp.checkpoint_id):
+            store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)], processed=[fp(2)]), TTL)
+        assert {k: client.dump(k) for k in client.scan_iter()} == before
+
+    def test_batch_is_one_round_trip(self, store, monkeypatch):
+        cp = new_checkpoint()
+        store.create(cp)
+        calls = []
+        execute = store.client.execute_command
+        monkeypatch.setattr(store.client, "execute_command", lambda *a, **kw: calls.append(a[0]) or execute(*a, **kw))
+        store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(i) for i in range(50)],
+                                            processed=[fp(i) for i in range(20)]), TTL)
+        assert calls == ["EVALSHA"]
+
+    def test_script_reloaded_after_flush(self, store, client):
+        cp = new_checkpoint()
+        store.create(cp)
+        client.script_flush()
+        store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), TTL)
+        assert store.get(cp.checkpoint_id).pipeline_data.urls_discovered == 1
+
+    def test_dead_server_is_unavailable_quickly_without_password(self):
+        from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+
+        with socket.socket() as listener:  # accepts connections, never answers
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            for port in (free_port(), listener.getsockname()[1]):
+                store = RedisCheckpointStore(f"redis://user:s3cret@127.0.0.1:{port}/0", timeout=0.5)
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable) as info:
+                    store.open()
+                assert time.monotonic() - started < 1.5
+                assert "s3cret" not in str(info.value)
+                assert f"redis://user:***@127.0.0.1:{port}/0" in str(info.value)
+
+    def test_server_killed_mid_crawl(self, store, redis_server):
+        cp = new_checkpoint()
+        store.create(cp)
+        redis_server.stop()
+        with pytest.raises(StoreUnavailable):
+            store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), TTL)
+        redis_server.start()  # empty again: it never saves
+        with pytest.raises(KeyError):
+            store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), TTL)
+
+    def test_describe_redacts(self):
+        from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+
+        store = RedisCheckpointStore("rediss://user:s3cret@cache.test:6380/2")
+        assert store.describe() == "rediss://user:***@cache.test:6380/2"
+
+    @pytest.mark.parametrize("url", ["http://user:s3cret@cache.test", "redis://user:s3/cret@cache.test:6379"])
+    def test_invalid_url_hides_password(self, url):
+        from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+
+        with pytest.raises(ValueError, match="CHECKPOINT_REDIS_URL") as info:
+            RedisCheckpointStore(url).open()
+        assert "s3" not in "".join(traceback.format_exception(info.value))
+
+    def test_from_checkpoint_settings(self, tmp_path):
+        from scrapy_checkpoint.stores import store_class
+
+        settings = CheckpointSettings.from_settings(Settings({
+            "CHECKPOINT_ENABLED": True, "CHECKPOINT_DIR": str(tmp_path),
+            "CHECKPOINT_REDIS_URL": "redis://:pw@localhost:6390/3", "CHECKPOINT_REDIS_PREFIX": "shop",
+            "CHECKPOINT_STORE_TIMEOUT": 1.5,
+        }))
+        store = store_class(settings).from_checkpoint_settings(settings)
+        assert (store.name, store.prefix, store.timeout) == ("redis", "shop", 1.5)
+        assert store.describe() == "redis://:***@localhost:6390/3"
+
+    def test_missing_redis_py_names_the_extra(self, monkeypatch):
+        monkeypatch.setitem(sys.modules, "redis", None)
+        monkeypatch.delitem(sys.modules, "scrapy_checkpoint.stores.redis", raising=False)
+        with pytest.raises(ImportError, match=re.escape("pip install 'scrapy-checkpoint[redis]'")):
+            importlib.import_module("scrapy_checkpoint.stores.redis")
+
+
+_BSON_TYPES = {"string": str, "int": int, "long": int, "double": float, "bool": bool, "object": dict,
+               "array": list, "binData": bytes, "date": datetime, "null": type(None)}
+
+
+def _schema_errors(value, schema, path="$"):
+    """Where *value* breaks a $jsonSchema (the subset the MongoDB store uses)."""
+    from bson import ObjectId
+
+    types = schema.get("bsonType", [])
+    types = [types] if isinstance(types, str) else types
+    if types and not any(
+        isinstance(value, ObjectId if t == "objectId" else _BSON_TYPES[t])
+        and not (isinstance(value, bool) and t in ("int", "long")) for t in types
+    ):
+        return [f"{path}: {value!r} is not {types}"]
+    errors = []
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} not in {schema['enum']}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
+            errors.append(f"{path}: {value} out of range")
+    if isinstance(value, str) and len(value) < schema.get("minLength", 0):
+        errors.append(f"{path}: too short")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        errors += [f"{path}.{k}: missing" for k in schema.get("required", []) if k not in value]
+        for key, item in value.items():
+            if key in properties:
+                errors += _schema_errors(item, properties[key], f"{path}.{key}")
+            elif extra is False:
+                errors.append(f"{path}.{key}: not allowed")
+            elif isinstance(extra, dict):
+                errors += _schema_errors(item, extra, f"{path}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            errors += _schema_errors(item, schema["items"], f"{path}[{i}]")
+    return errors
+
+
+#: Index keys (fields in order), and options, the MongoDB store must create.
+MONGO_INDEXES = {
+    "checkpoints": {
+        ("checkpoint_id",): {"unique": True},
+        ("site_domain", "job_type", "spider", "status", "updated_at"): {},
+        ("expires_at",): {"expireAfterSeconds": 0},
+    },
+    "checkpoint_urls": {
+        ("checkpoint_id", "fingerprint"): {"unique": True},
+        ("checkpoint_id", "processed", "pos"): {},
+    },
+    "checkpoint_items": {("checkpoint_id", "seq", "index"): {"unique": True}},
+    "checkpoint_journal": {("checkpoint_id", "seq", "part"): {"unique": True}},
+    "user_queries": {("query_id",): {"unique": True}},
+    "query_sessions": {("session_id",): {"unique": True}, ("query_id",): {}},
+}
+
+
+class TestMongoDBStore(StoreContract):
+    @pytest.fixture
+    def make_store(self, mongo_uri_db):
+        from scrapy_checkpoint.stores.mongodb import MongoDBCheckpointStore
+
+        uri, database = mongo_uri_db
+        return lambda: MongoDBCheckpointStore(uri, database, timeout=5.0)
+
+    def test_from_settings(self, mongo_uri_db):
+        uri, database = mongo_uri_db
+        settings = CheckpointSettings.from_settings(Settings({
+            "CHECKPOINT_ENABLED": True, "CHECKPOINT_MONGO_URI": uri,
+            "CHECKPOINT_MONGO_DATABASE": database, "CHECKPOINT_STORE_TIMEOUT": 2.5,
+        }))
+        store = store_class(settings).from_checkpoint_settings(settings)
+        assert (store.name, store.uri, store.database, store.timeout) == ("mongodb", uri, database, 2.5)
+
+    def test_describe_hides_password(self):
+        from scrapy_checkpoint.stores.mongodb import MongoDBCheckpointStore
+
+        store = MongoDBCheckpointStore("mongodb://scraper:s3cret@db.test:27017/?authSource=admin", "crawls")
+        assert "s3cret" not in store.describe()
+        assert "scraper" in store.describe() and "db.test:27017" in store.describe()
+        assert "crawls" in store.describe()
+
+    def test_needs_pymongo(self, monkeypatch):
+        monkeypatch.setitem(sys.modules, "pymongo", None)
+        monkeypatch.delitem(sys.modules, "scrapy_checkpoint.stores.mongodb", raising=False)
+        with pytest.raises(ImportError, match=r"pip install 'scrapy-checkpoint\[mongodb\]'"):
+            importlib.import_module("scrapy_checkpoint.stores.mongodb")
+
+    def test_indexes(self, store, make_store, mongo_server):
+        def indexes():
+            return {name: store.db[name].index_information() for name in MONGO_INDEXES}
+
+        before = indexes()
+        again = make_store()
+        again.open()  # creating everything a second time is fine
+        again.close()
+        assert indexes() == before
+        for name, expected in MONGO_INDEXES.items():
+            # nx-27017 renames indexes and drops key directions: compare fields and options.
+            found = {tuple(f for f, _ in spec["key"]): spec for spec in before[name].values()}
+            for fields, options in expected.items():
+                assert fields in found, f"{name} lacks an index on {fields}"
+                spec = found[fields]
+                assert spec.get("unique", False) == options.get("unique", False), (name, fields)
+                assert spec.get("expireAfterSeconds") == options.get("expireAfterSeconds"), (name, fields)
+        if mongo_server.real:
+            assert before["checkpoints"]["expires_at_ttl"]["key"] == [("expires_at", 1)]
+            assert before["checkpoints"]["resumable"]["key"][-1] == ("updated_at", -1)
+
+    @pytest.mark.real_mongodb
+    def test_validators_read_back(self, store, make_store):
+        from scrapy_checkpoint.stores.mongodb import SCHEMAS
+
+        def validators():
+            return {c["name"]: c["options"].get("validator") for c in store.db.list_collections()}
+
+        assert validators() == {name: {"$jsonSchema": schema} for name, schema in SCHEMAS.items()}
+        store.db.command("collMod", "checkpoints", validator={"$jsonSchema": {"bsonType": "object"}})
+        again = make_store()
+        again.open()  # an outdated validator is updated
+        again.close()
+        assert validators()["checkpoints"] == {"$jsonSchema": SCHEMAS["checkpoints"]}
+
+    def test_documents_match_validators(self, store):
+        """What the store writes passes its own validators (which nx-27017 does not enforce).
+
+        Documents are checked as inserted: nx-27017 stores a ``$set`` datetime as a string and
+        a ``$set`` True as 1 (a real server enforces the validators on updates too).
+        """
+        from scrapy_checkpoint.stores.mongodb import SCHEMAS
+
+        cp = new_checkpoint()
+        store.create(cp)
+        checkpoint_doc = store.db["checkpoints"].find_one()
+        b = batch(1, discovered=[discovered(1, start=True), discovered(2)], processed=[fp(3)],
+                  items=[("Product", {"sku": "A1"})], item_counts={"Product": 1},
+                  pagination={"http://shop.test/c/a?x=1": 2}, current_page=2, pipeline_step=1,
+                  state={"k": [1]}, status=CheckpointStatus.FAILED)
+        journal = store._journal(cp.checkpoint_id, b, 0)
+        store.apply(cp.checkpoint_id, b, TTL)
+        store.save_user_query(UserQuery(raw_query="red shoes", parsed_intent={"price_range": {"max": 50}}))
+        store.save_query_session(QuerySession(query_id="q1", sites_searched=["shop.test"]))
+        documents = [("checkpoints", checkpoint_doc), ("checkpoint_journal", journal)]
+        for name in ("checkpoint_urls", "checkpoint_items", "user_queries", "query_sessions"):
+            documents += [(name, doc) for doc in store.db[name].find()]
+        assert len(documents) == 8
+        for name, doc in documents:
+            assert _schema_errors(doc, SCHEMAS[name]) == [], name
+
+    @pytest.mark.real_mongodb
+    def test_server_rejects_invalid_document(self, store):
+        from pymongo.errors import WriteError
+
+        for name, doc in [("checkpoints", {"checkpoint_id": "x", "spider": 5}),
+                          ("checkpoint_urls", {"_id": "x", "checkpoint_id": "x", "fingerprint": "not bytes"}),
+                          ("user_queries", {"query_id": "q", "raw_query": ""})]:
+            with pytest.raises(WriteError) as info:
+                store.db[name].insert_one(doc)
+            assert info.value.code == 121  # DocumentValidationFailure
+
+    @pytest.mark.real_mongodb
+    def test_ttl_index_deletes_expired(self, store):
+        from pymongo.errors import OperationFailure
+
+        try:  # the TTL monitor runs every 60 s unless told otherwise
+            store.db.client.admin.command("setParameter", 1, ttlMonitorSleepSecs=1)
+        except OperationFailure:
+            pass  # not allowed: wait for the default period
+        cp = new_checkpoint()
+        store.create(cp)
+        store.set_status(cp.checkpoint_id, CheckpointStatus.COMPLETED, 1, 0.001)
+        kept = new_checkpoint()
+        store.create(kept)
+        store.set_status(kept.checkpoint_id, CheckpointStatus.COMPLETED, 1, 0)  # archive TTL 0: kept
+        deadline = time.monotonic() + 130
+        while store.db["checkpoints"].count_documents({"checkpoint_id": cp.checkpoint_id}):
+            assert time.monotonic() < deadline, "the TTL monitor did not delete the expired checkpoint"
+            time.sleep(1)
+        assert store.get(kept.checkpoint_id).expires_at is None
+
+    def test_killed_apply_is_replayed_once(self, make_store):
+        store = make_store()
+        store.open()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(1), discovered(2)]), TTL)
+        b = batch(2, discovered=[discovered(3)], processed=[fp(1), fp(9)], items=[("Product", {"sku": "A1"})],
+                  item_counts={"Product": 1}, pagination={"http://shop.test/c/a": 2}, pipeline_step=1)
+        # Killed mid-apply: the batch journaled, one URL of it written, the record not updated.
+        entry = store._journal(cid, b, TTL)
+        store.db["checkpoint_journal"].insert_one(dict(entry))
+        store.db["checkpoint_urls"].update_one({"_id": f"{cid}/{fp(1).hex()}"}, {"$set": {"processed": True}})
+        assert store.db["checkpoints"].find_one({"checkpoint_id": cid})["seq"] == 1
+        store.close()
+
+        store = make_store()
+        store.open()  # replays the journal
+        try:
+            def state():
+                got = store.get(cid)
+                data = got.pipeline_data
+                return (got.seq, got.pipeline_step, data.urls_discovered, data.urls_processed,
+                        data.extraction_results.by_type, data.pagination_state,
+                        sorted(store.processed_fingerprints(cid)), list(store.items(cid)))
+
+            expected = (2, 1, 4, 2, {"Product": 1}, {"http://shop.test/c/a": 2}, sorted([fp(1), fp(9)]),
+                        [("Product", {"sku": "A1"})])
+            assert store.db["checkpoint_journal"].count_documents({}) == 0
+            assert state() == expected
+            assert store.pending_requests(cid, None, 10)[0] == [b"request-2", b"request-3"]
+            # An entry left after its record update (killed before the delete) is a no-op.
+            store.db["checkpoint_journal"].insert_one(dict(entry))
+            assert state() == expected
+            assert store.db["checkpoint_journal"].count_documents({}) == 0
+            store.apply(cid, b, TTL)  # and so is the retried flush
+            assert state() == expected
+        finally:
+            store.close()
+
+    def test_large_batch_journaled_in_parts(self, store, monkeypatch):
+        from scrapy_checkpoint.stores import mongodb
+
+        monkeypatch.setattr(mongodb, "_PART_BYTES", 500)
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        journal = store.db["checkpoint_journal"]
+        # Killed before its commit (the header): the parts are ignored, then overwritten.
+        store._journal(cid, batch(1, discovered=[discovered(i) for i in range(100, 140)]), TTL)
+        assert journal.count_documents({}) > 1
+        assert store.get(cid).seq == 0
+        assert store.pending_requests(cid, None, 100)[0] == []
+        # Killed after its commit: replayed whole.
+        b = batch(1, discovered=[discovered(i) for i in range(20)], processed=[fp(i) for i in range(5)],
+                  items=[("Product", {"n": i}) for i in range(10)], item_counts={"Product": 10})
+        header = store._journal(cid, b, TTL)
+        assert header["parts"] > 2
+        journal.insert_one(header)
+        got = store.get(cid)
+        data = got.pipeline_data
+        counts = data.urls_discovered, data.urls_processed, data.extraction_results.items_scraped
+        assert (got.seq, *counts) == (1, 20, 5, 10)
+        assert store.pending_requests(cid, None, 100)[0] == [f"request-{i}".encode() for i in range(5, 20)]
+        assert [item["n"] for _, item in store.items(cid)] == list(range(10))
+        assert journal.count_documents({}) == 0
+
+    def test_journal_replayed_before_a_read(self, store):
+        cp = new_checkpoint()
+        store.create(cp)
+        entry = store._journal(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), TTL)
+        store.db["checkpoint_journal"].insert_one(entry)
+        assert store.pending_requests(cp.checkpoint_id, None, 10)[0] == [b"request-1"]
+        assert store.get(cp.checkpoint_id).pipeline_data.urls_discovered == 1
+
+    def test_wrong_type_is_corrupt(self, store):
+        cp = new_checkpoint()
+        store.create(cp)
+        store.db["checkpoints"].update_one(
+            {"checkpoint_id": cp.checkpoint_id}, {"$set": {"pipeline_step": "two"}},
+            bypass_document_validation=True,
+        )
+        for read in (lambda: store.get(cp.checkpoint_id),
+                     lambda: store.find_resumable("products", "shop.test", "product_catalog")):
+            with pytest.raises(CorruptCheckpointError, match=cp.checkpoint_id) as info:
+                read()
+            assert "collection checkpoints" in str(info.value)
+        store.apply(cp.checkpoint_id, batch(1, processed=[fp(1)]), TTL)
+        store.db["checkpoint_urls"].update_one(
+            {}, {"$set": {"fingerprint": "abc"}}, bypass_document_validation=True
+        )
+        with pytest.raises(CorruptCheckpointError, match="collection checkpoint_urls"):
+            list(store.processed_fingerprints(cp.checkpoint_id))
+
+    def test_expired_and_orphaned_purged_on_open(self, make_store):
+        store = make_store()
+        store.open()
+        expired, orphaned, kept = new_checkpoint(), new_checkpoint(), new_checkpoint()
+        for cp in (expired, orphaned, kept):
+            store.create(cp)
+            store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)], items=[("Product", {})]), TTL)
+        store.db["checkpoints"].update_one(
+            {"checkpoint_id": expired.checkpoint_id},
+            {"$set": {"expires_at": datetime(2000, 1, 1, tzinfo=timezone.utc)}},
+        )
+        # As the TTL monitor does: the record goes, its URLs and items stay.
+        store.db["checkpoints"].delete_one({"checkpoint_id": orphaned.checkpoint_id})
+        store.close()
+        store = make_store()
+        store.open()
+        try:
+            assert store.get(expired.checkpoint_id) is None
+            assert store.get(kept.checkpoint_id) is not None
+            for name in ("checkpoint_urls", "checkpoint_items"):
+                assert store.db[name].distinct("checkpoint_id") == [kept.checkpoint_id]
+        finally:
+            store.close()
+
+    def test_user_query_and_session_round_trip(self, store):
+        created = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+        query = UserQuery(raw_query="red running shoes under 50", user_id="u1", created_at=created,
+                          parsed_intent={"product_type": "shoes", "attributes": {"color": "red"},
+                                         "price_range": {"min": None, "max": 50}})
+        store.save_user_query(query)
+        assert store.get_user_query(query.query_id) == query
+        session = QuerySession(
+            query_id=query.query_id, checkpoint_ids=["c1", "c2"], sites_searched=["shop.test"],
+            results={"shop.test": {"items": 3}}, status="running", created_at=created, updated_at=created,
+        )
+        store.save_query_session(session)
+        session.status = "completed"
+        store.save_query_session(session)
+        assert store.get_query_session(session.session_id) == session
+        assert store.get_user_query("missing") is None and store.get_query_session("missing") is None
+
+    def test_invalid_query_rejected_before_writing(self, store):
+        with pytest.raises(ValidationError):
+            store.save_user_query({"query_id": "q1", "raw_query": ""})
+        with pytest.raises(ValidationError):
+            store.save_user_query({"raw_query": "shoes",
+                                   "parsed_intent": {"price_range": {"min": 9, "max": 1}}})
+        with pytest.raises(ValidationError):
+            store.save_query_session(QuerySession.model_construct(session_id="s1", query_id=5, status="lost"))
+        assert store.db["user_queries"].count_documents({}) == 0
+        assert store.db["query_sessions"].count_documents({}) == 0
+
+    def test_unreachable_server(self):
+        from scrapy_checkpoint.stores.mongodb import MongoDBCheckpointStore
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]  # nothing listens there once closed
+        uri = f"mongodb://scraper:s3cret@127.0.0.1:{port}/?authSource=admin"
+        store = MongoDBCheckpointStore(uri, "db", 0.5)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as info:
+            store.open()
+        assert time.monotonic() - started < 3
+        assert f"127.0.0.1:{port}" in str(info.value)
+        assert "s3cret" not in str(info.value)
+
+    def test_server_outage(self, mongo_server, mongo_uri_db):
+        from scrapy_checkpoint.stores.mongodb import MongoDBCheckpointStore
+
+        store = MongoDBCheckpointStore(*mongo_uri_db, timeout=1.0)
+        store.open()
+        try:
+            cp = new_checkpoint()
+            store.create(cp)
+            mongo_server.stop()
+            try:
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), TTL)
+                assert time.monotonic() - started < 3
+            finally:
+                mongo_server.start()
+            store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), TTL)
+            assert store.get(cp.checkpoint_id).pipeline_data.urls_discovered == 1
         finally:
             store.close()

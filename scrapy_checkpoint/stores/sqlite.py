@@ -152,7 +152,7 @@ class SQLiteCheckpointStore(CheckpointStore):
             row = self.db.execute(
                 "SELECT checkpoint_id, record FROM checkpoints"
                 " WHERE spider = ? AND site_domain = ? AND job_type = ? AND status IN (?, ?)"
-                " ORDER BY updated_at DESC LIMIT 1",
+                " ORDER BY updated_at DESC, rowid DESC LIMIT 1",
                 (spider, site_domain, job_type, *(s.value for s in RESUMABLE)),
             ).fetchone()
         return None if row is None else self._read_record(row[0], row[1])

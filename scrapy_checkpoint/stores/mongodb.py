@@ -1,0 +1,652 @@
+"""A MongoDB store: one document per checkpoint, per URL and per item, crash-safe without transactions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote
+
+from pydantic import BaseModel
+
+from .._redact import redact_uri
+from ..exceptions import CorruptCheckpointError, StoreUnavailable
+from ..models import RESUMABLE, Batch, Checkpoint, QuerySession, UserQuery, expiry, utcnow
+from .base import CheckpointStore
+
+try:
+    import bson
+    from bson import Binary
+    from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient, UpdateOne
+    from pymongo.errors import (
+        CollectionInvalid,
+        ConfigurationError,
+        ConnectionFailure,
+        ExecutionTimeout,
+        PyMongoError,
+    )
+except ImportError as exc:
+    raise ImportError(
+        "MongoDBCheckpointStore needs pymongo: pip install 'scrapy-checkpoint[mongodb]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
+
+    from ..settings import CheckpointSettings
+
+logger = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=BaseModel)
+
+CHECKPOINTS = "checkpoints"
+URLS = "checkpoint_urls"
+ITEMS = "checkpoint_items"
+JOURNAL = "checkpoint_journal"
+USER_QUERIES = "user_queries"
+QUERY_SESSIONS = "query_sessions"
+
+# Discovery position: the batch seq in the high bits, the index in the batch in the low ones.
+_POS_BITS = 32
+# A batch grows while a slow flush runs (up to CHECKPOINT_BUFFER_LIMIT events): its journal
+# entry is split into parts well below the 16 MB document limit.
+_PART_BYTES = 8 * 1024 * 1024
+_LISTS = ("discovered", "processed", "items")
+# Upserts per bulk_write, so that each call ends well within CHECKPOINT_STORE_TIMEOUT.
+_BULK_SIZE = 1000
+
+
+def _int(minimum: int | None = 0, maximum: int | None = None, null: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"bsonType": ["int", "long", "null"] if null else ["int", "long"]}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    properties = {**required, **(optional or {})}
+    return {"bsonType": "object", "required": list(required), "properties": properties, **extra}
+
+
+_STR = {"bsonType": "string"}
+_NAME = {"bsonType": "string", "minLength": 1}
+_DATE = {"bsonType": "date"}
+_BOOL = {"bsonType": "bool"}
+_BIN = {"bsonType": "binData"}
+_DICT = {"bsonType": "object"}
+_COUNTS = {"bsonType": "object", "additionalProperties": _int()}
+_ID = {"_id": {"bsonType": "objectId"}}
+
+# Mirrors of the pydantic models (extra="forbid" becomes additionalProperties: false).
+_CHECKPOINT = _object(
+    {
+        "checkpoint_id": _NAME,
+        "spider": _NAME,
+        "site_domain": _NAME,
+        "job_type": _NAME,
+        "pipeline_step": _int(0, 4),
+        "pipeline_data": _object(
+            {
+                "urls_discovered": _int(),
+                "urls_processed": _int(),
+                "current_page": _int(null=True),
+                "pagination_state": _COUNTS,
+                "extraction_results": _object(
+                    {"items_scraped": _int(), "by_type": _COUNTS}, additionalProperties=False
+                ),
+                "state": _DICT,
+            },
+            additionalProperties=False,
+        ),
+        "status": {"enum": ["active", "completed", "failed"]},
+        "seq": _int(),
+        "created_at": _DATE,
+        "updated_at": _DATE,
+        "expires_at": {"bsonType": ["date", "null"]},
+    },
+    _ID,
+    additionalProperties=False,
+)
+_URL = _object(
+    {
+        "checkpoint_id": _NAME,
+        "fingerprint": _BIN,
+        "processed": _BOOL,
+        "start": _BOOL,
+        "pos": _int(),
+    },
+    {"_id": _STR, "url": _STR, "request": _BIN},
+    additionalProperties=False,
+)
+_ITEM = _object(
+    {"checkpoint_id": _NAME, "seq": _int(1), "index": _int(), "item_type": _STR, "item": _DICT},
+    _ID,
+    additionalProperties=False,
+)
+# Part 0 of an entry is its header (it commits the batch); parts 1.. hold only list chunks.
+_JOURNAL = _object(
+    {
+        "checkpoint_id": _NAME,
+        "seq": _int(1),
+        "part": _int(),
+        "discovered": {"bsonType": "array", "items": _object(
+            {"fingerprint": _BIN, "url": _STR, "request": _BIN, "start": _BOOL}, additionalProperties=False
+        )},
+        "processed": {"bsonType": "array", "items": _BIN},
+        "items": {"bsonType": "array", "items": _object(
+            {"item_type": _STR, "item": _DICT}, additionalProperties=False
+        )},
+    },
+    {
+        **_ID,
+        "parts": _int(1),
+        "new_urls": _int(),
+        "new_processed": _int(),
+        "item_counts": _COUNTS,
+        "pagination": _COUNTS,
+        "current_page": _int(null=True),
+        "pipeline_step": _int(0, 4),
+        "state": {"bsonType": ["object", "null"]},
+        "status": {"enum": ["active", "completed", "failed", None]},
+        "updated_at": _DATE,
+        "expires_at": {"bsonType": ["date", "null"]},
+    },
+    additionalProperties=False,
+)
+_USER_QUERY = _object(
+    {
+        "query_id": _NAME,
+        "user_id": {"bsonType": ["string", "null"]},
+        "raw_query": _NAME,
+        "parsed_intent": _object(
+            {
+                "product_type": {"bsonType": ["string", "null"]},
+                "attributes": _DICT,
+                "price_range": _object(
+                    {"min": {"bsonType": ["double", "int", "long", "null"], "minimum": 0},
+                     "max": {"bsonType": ["double", "int", "long", "null"], "minimum": 0}},
+                    additionalProperties=False,
+                ),
+            },
+            additionalProperties=False,
+        ),
+        "created_at": _DATE,
+    },
+    _ID,
+    additionalProperties=False,
+)
+_QUERY_SESSION = _object(
+    {
+        "session_id": _NAME,
+        "query_id": _NAME,
+        "checkpoint_ids": {"bsonType": "array", "items": _STR},
+        "sites_searched": {"bsonType": "array", "items": _STR},
+        "results": _DICT,
+        "status": {"enum": ["pending", "running", "completed", "failed"]},
+        "created_at": _DATE,
+        "updated_at": _DATE,
+    },
+    _ID,
+    additionalProperties=False,
+)
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    CHECKPOINTS: _CHECKPOINT,
+    URLS: _URL,
+    ITEMS: _ITEM,
+    JOURNAL: _JOURNAL,
+    USER_QUERIES: _USER_QUERY,
+    QUERY_SESSIONS: _QUERY_SESSION,
+}
+
+INDEXES: dict[str, list[IndexModel]] = {
+    CHECKPOINTS: [
+        IndexModel([("checkpoint_id", ASCENDING)], name="checkpoint_id", unique=True),
+        IndexModel(
+            [("site_domain", ASCENDING), ("job_type", ASCENDING), ("spider", ASCENDING),
+             ("status", ASCENDING), ("updated_at", DESCENDING)],
+            name="resumable",
+        ),
+        IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0),
+    ],
+    URLS: [
+        IndexModel([("checkpoint_id", ASCENDING), ("fingerprint", ASCENDING)],
+                   name="checkpoint_fingerprint", unique=True),
+        IndexModel([("checkpoint_id", ASCENDING), ("processed", ASCENDING), ("pos", ASCENDING)],
+                   name="pending"),
+    ],
+    ITEMS: [
+        IndexModel([("checkpoint_id", ASCENDING), ("seq", ASCENDING), ("index", ASCENDING)],
+                   name="checkpoint_seq_index", unique=True),
+    ],
+    JOURNAL: [
+        IndexModel([("checkpoint_id", ASCENDING), ("seq", ASCENDING), ("part", ASCENDING)],
+                   name="checkpoint_seq_part", unique=True),
+    ],
+    USER_QUERIES: [IndexModel([("query_id", ASCENDING)], name="query_id", unique=True)],
+    QUERY_SESSIONS: [
+        IndexModel([("session_id", ASCENDING)], name="session_id", unique=True),
+        IndexModel([("query_id", ASCENDING)], name="query_id"),
+    ],
+}
+
+
+def _encode_keys(counts: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys that are safe in an update path: URLs hold dots, which MongoDB reads as nesting."""
+    return {k.replace("%", "%25").replace(".", "%2E").replace("$", "%24"): v for k, v in counts.items()}
+
+
+def _decode_keys(counts: Any) -> Any:
+    return {unquote(k): v for k, v in counts.items()} if isinstance(counts, dict) else counts
+
+
+def _url_id(checkpoint_id: str, fingerprint: bytes) -> str:
+    # A deterministic _id makes every URL upsert a primary-key lookup that cannot race into
+    # a duplicate insert.
+    return f"{checkpoint_id}/{fingerprint.hex()}"
+
+
+def _split(lists: dict[str, list[Any]]) -> list[dict[str, list[Any]]]:
+    """The lists cut into parts of at most about _PART_BYTES, each list kept in order."""
+    parts = [{name: [] for name in lists}]
+    size = 0
+    for name, values in lists.items():
+        for value in values:
+            length = len(bson.encode({"v": value}))
+            if size and size + length > _PART_BYTES:
+                parts.append({name: [] for name in lists})
+                size = 0
+            parts[-1][name].append(value)
+            size += length
+    return parts
+
+
+def _url_updates(checkpoint_id: str, seq: int, discovered: list[dict[str, Any]],
+                 processed: list[bytes]) -> list[UpdateOne]:
+    """Upserts of a batch's URLs, in order (a URL can be discovered and processed in one batch)."""
+    base = seq << _POS_BITS
+    updates = [
+        UpdateOne(
+            {"_id": _url_id(checkpoint_id, r["fingerprint"])},
+            {"$setOnInsert": {"checkpoint_id": checkpoint_id, "fingerprint": Binary(r["fingerprint"]),
+                              "url": r["url"], "request": Binary(r["request"]),
+                              "processed": False, "start": r["start"], "pos": base + i}},
+            upsert=True,
+        )
+        for i, r in enumerate(discovered)
+    ]
+    # A request processed without a record (it could not be serialized) still has to be
+    # known as processed, so that a resume does not redo it.
+    updates += [
+        UpdateOne(
+            {"_id": _url_id(checkpoint_id, fp)},
+            {"$set": {"processed": True},
+             "$setOnInsert": {"checkpoint_id": checkpoint_id, "fingerprint": Binary(fp), "start": False,
+                              "pos": base + len(discovered) + i}},
+            upsert=True,
+        )
+        for i, fp in enumerate(processed)
+    ]
+    return updates
+
+
+def _record_update(header: dict[str, Any]) -> dict[str, Any]:
+    """The atomic update that folds a journal entry into its checkpoint record."""
+    counts = header["item_counts"]
+    inc = {f"pipeline_data.extraction_results.by_type.{k}": n for k, n in counts.items()}
+    inc["pipeline_data.extraction_results.items_scraped"] = sum(counts.values())
+    inc["pipeline_data.urls_discovered"] = header["new_urls"]
+    inc["pipeline_data.urls_processed"] = header["new_processed"]
+    fields = {f"pipeline_data.pagination_state.{k}": n for k, n in header["pagination"].items()}
+    fields.update(seq=header["seq"], updated_at=header["updated_at"], expires_at=header["expires_at"])
+    for name, path in (("current_page", "pipeline_data.current_page"),
+                       ("state", "pipeline_data.state"), ("status", "status")):
+        if header[name] is not None:
+            fields[path] = header[name]
+    return {"$inc": inc, "$max": {"pipeline_step": header["pipeline_step"]}, "$set": fields}
+
+
+class MongoDBCheckpointStore(CheckpointStore):
+    """Checkpoints in the ``CHECKPOINT_MONGO_DATABASE`` database of ``CHECKPOINT_MONGO_URI``.
+
+    Needs no transactions (a standalone server has none). A batch is first written to
+    ``checkpoint_journal``, its header document last: that single-document insert commits it.
+    It is then applied with idempotent upserts and a record update conditioned on ``seq``,
+    and its journal entry deleted. Opening and every read first replay the committed entries
+    a killed process left, so a batch is all or nothing.
+    """
+
+    name = "mongodb"
+
+    def __init__(self, uri: str, database: str, timeout: float = 5.0) -> None:
+        self.uri = uri
+        self.database = database
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._client: MongoClient | None = None
+        self._db: Database | None = None
+
+    @classmethod
+    def from_checkpoint_settings(cls, settings: CheckpointSettings) -> MongoDBCheckpointStore:
+        if not settings.mongo_uri:
+            raise ValueError("CHECKPOINT_MONGO_URI must be set to use the MongoDB store.")
+        return cls(settings.mongo_uri, settings.mongo_database, settings.store_timeout)
+
+    def describe(self) -> str:
+        return f"{redact_uri(self.uri)} (database {self.database})"
+
+    def _where(self, collection: str) -> str:
+        return f"{self.describe()}, collection {collection}"
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (ConnectionFailure, ExecutionTimeout) as exc:
+            raise StoreUnavailable(
+                f"MongoDB store {self.describe()} is unavailable ({type(exc).__name__}): {exc}"
+            ) from exc
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                return
+            ms = int(self.timeout * 1000)
+            try:
+                client: MongoClient = MongoClient(
+                    self.uri,
+                    serverSelectionTimeoutMS=ms,
+                    connectTimeoutMS=ms,
+                    socketTimeoutMS=ms,
+                    tz_aware=True,
+                    appname="scrapy-checkpoint",
+                )
+            except ConfigurationError as exc:
+                raise ValueError(
+                    f"CHECKPOINT_MONGO_URI ({redact_uri(self.uri)}) is not a valid MongoDB URI: {exc}"
+                ) from None
+            try:
+                with self._errors():
+                    db = client[self.database]
+                    db.command("ping")
+                    self._create_schema(db)
+            except BaseException:
+                client.close()
+                raise
+            self._client, self._db = client, db
+        with self._errors():
+            self._purge()
+            self._recover()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = self._db = None
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            raise RuntimeError(f"{self.describe()} is not open")
+        return self._db
+
+    def _create_schema(self, db: Database) -> None:
+        """Create collections with validators (or update them) and indexes; idempotent."""
+        existing = {c["name"]: c.get("options", {}) for c in db.list_collections()}
+        for name, schema in SCHEMAS.items():
+            options = {"validator": {"$jsonSchema": schema}, "validationLevel": "strict",
+                       "validationAction": "error"}
+            if name not in existing:
+                try:
+                    db.create_collection(name, **options)
+                    continue
+                except CollectionInvalid:  # created meanwhile by another process
+                    pass
+            elif all(existing[name].get(k) == v for k, v in options.items()):
+                continue
+            db.command("collMod", name, **options)
+        for name, indexes in INDEXES.items():
+            db[name].create_indexes(indexes)
+
+    def _purge(self) -> None:
+        """Delete expired checkpoints, and the URLs, items and journal entries of checkpoints
+        that are gone (the TTL monitor deletes only ``checkpoints`` documents)."""
+        db = self.db
+        now = utcnow()
+        try:
+            expired = [d["checkpoint_id"] for d in db[CHECKPOINTS].find(
+                {"expires_at": {"$lt": now}}, {"checkpoint_id": 1})]
+            # Children first: a record is always written before its first child.
+            owners = {cid for name in (URLS, ITEMS, JOURNAL) for cid in db[name].distinct("checkpoint_id")}
+            live = set(db[CHECKPOINTS].distinct("checkpoint_id", {"checkpoint_id": {"$in": sorted(owners)}}))
+            dead = sorted(owners - live) + expired
+            for name in (URLS, ITEMS, JOURNAL) if dead else ():
+                db[name].delete_many({"checkpoint_id": {"$in": dead}})
+            if expired:
+                db[CHECKPOINTS].delete_many({"checkpoint_id": {"$in": expired}, "expires_at": {"$lt": now}})
+        except PyMongoError as exc:
+            # Housekeeping only: a large deletion may outlast CHECKPOINT_STORE_TIMEOUT; the
+            # server goes on with it, and the next open() with the rest.
+            logger.warning("Could not purge expired checkpoints from %(store)s: %(error)r",
+                           {"store": self.describe(), "error": exc})
+
+    # -- checkpoint records ----------------------------------------------------------------
+
+    def _to_document(self, checkpoint: Checkpoint) -> dict[str, Any]:
+        doc = checkpoint.model_dump()
+        data = doc["pipeline_data"]
+        data["pagination_state"] = _encode_keys(data["pagination_state"])
+        results = data["extraction_results"]
+        results["by_type"] = _encode_keys(results["by_type"])
+        return doc
+
+    def _from_document(self, doc: dict[str, Any]) -> Checkpoint:
+        doc.pop("_id", None)
+        checkpoint_id = str(doc.get("checkpoint_id"))
+        data = doc.get("pipeline_data")
+        if isinstance(data, dict):
+            data["pagination_state"] = _decode_keys(data.get("pagination_state", {}))
+            results = data.get("extraction_results")
+            if isinstance(results, dict):
+                results["by_type"] = _decode_keys(results.get("by_type", {}))
+        return Checkpoint.parse(doc, checkpoint_id=checkpoint_id, where=self._where(CHECKPOINTS))
+
+    def create(self, checkpoint: Checkpoint) -> None:
+        with self._errors():
+            self.db[CHECKPOINTS].replace_one(
+                {"checkpoint_id": checkpoint.checkpoint_id}, self._to_document(checkpoint), upsert=True
+            )
+
+    def get(self, checkpoint_id: str) -> Checkpoint | None:
+        with self._errors():
+            self._recover(checkpoint_id)
+            doc = self.db[CHECKPOINTS].find_one({"checkpoint_id": checkpoint_id})
+        return None if doc is None else self._from_document(doc)
+
+    def find_resumable(self, spider: str, site_domain: str, job_type: str) -> Checkpoint | None:
+        with self._errors():
+            self._recover()
+            doc = self.db[CHECKPOINTS].find_one(
+                {"site_domain": site_domain, "job_type": job_type, "spider": spider,
+                 "status": {"$in": [s.value for s in RESUMABLE]}},
+                sort=[("updated_at", DESCENDING), ("_id", DESCENDING)],
+            )
+        return None if doc is None else self._from_document(doc)
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def apply(self, checkpoint_id: str, batch: Batch, ttl: float) -> None:
+        with self._errors():
+            self._recover(checkpoint_id)
+            record = self.db[CHECKPOINTS].find_one({"checkpoint_id": checkpoint_id}, {"seq": 1})
+            if record is None:
+                raise KeyError(f"checkpoint {checkpoint_id} is not in {self.describe()}")
+            if batch.seq <= record["seq"]:
+                return  # already applied (a retried flush)
+            header = self._journal(checkpoint_id, batch, ttl)
+            self.db[JOURNAL].insert_one(header)  # the commit point: from here on the batch is applied
+            self._replay(header)
+
+    def _journal(self, checkpoint_id: str, batch: Batch, ttl: float) -> dict[str, Any]:
+        """Write the parts of the batch's journal entry after the first; return its header.
+
+        The URL counts are taken before anything of the batch is written (there is one writer
+        per checkpoint), so that replaying a half-applied batch counts each URL exactly once.
+        """
+        processed = {_url_id(checkpoint_id, fp) for fp in batch.processed}
+        keys = {_url_id(checkpoint_id, r.fingerprint) for r in batch.discovered} | processed
+        known = {d["_id"]: bool(d["processed"]) for d in self.db[URLS].find(
+            {"_id": {"$in": sorted(keys)}}, {"processed": 1})}
+        parts = _split({
+            "discovered": [{"fingerprint": Binary(r.fingerprint), "url": r.url, "request": Binary(r.data),
+                            "start": r.start} for r in batch.discovered],
+            "processed": [Binary(fp) for fp in batch.processed],
+            "items": [{"item_type": t, "item": json.loads(json.dumps(i, default=str))}
+                      for t, i in batch.items],
+        })
+        key = {"checkpoint_id": checkpoint_id, "seq": batch.seq}
+        if len(parts) > 1:
+            # Parts left by a flush of this seq killed before its commit are dropped first.
+            self.db[JOURNAL].delete_many({**key, "part": {"$gte": 1}})
+            self.db[JOURNAL].insert_many([{**key, "part": n, **part} for n, part in enumerate(parts[1:], 1)])
+        now = utcnow()
+        return {
+            **key, "part": 0, **parts[0], "parts": len(parts),
+            "new_urls": len(keys - known.keys()),
+            "new_processed": sum(not known.get(k, False) for k in processed),
+            "item_counts": _encode_keys(batch.item_counts),
+            "pagination": _encode_keys(batch.pagination),
+            "current_page": batch.current_page,
+            "pipeline_step": batch.pipeline_step,
+            "state": batch.state,
+            "status": batch.status,
+            "updated_at": now,
+            "expires_at": expiry(now, ttl),
+        }
+
+    def _replay(self, header: dict[str, Any]) -> None:
+        """Apply a committed journal entry; every step is idempotent, so it may run any number
+        of times, and at once in several processes."""
+        db = self.db
+        checkpoint_id, seq = header["checkpoint_id"], header["seq"]
+        key = {"checkpoint_id": checkpoint_id, "seq": seq}
+        record = db[CHECKPOINTS].find_one({"checkpoint_id": checkpoint_id}, {"seq": 1})
+        if record is not None and record["seq"] < seq:
+            entry = {name: list(header[name]) for name in _LISTS}
+            parts = list(db[JOURNAL].find({**key, "part": {"$gte": 1, "$lt": header["parts"]}}).sort("part"))
+            if len(parts) != header["parts"] - 1:
+                raise CorruptCheckpointError(checkpoint_id, self._where(JOURNAL),
+                                             f"the entry of batch {seq} misses parts")
+            for part in parts:
+                for name in _LISTS:
+                    entry[name] += part[name]
+            self._bulk(URLS, _url_updates(checkpoint_id, seq, entry["discovered"], entry["processed"]))
+            self._bulk(ITEMS, [
+                UpdateOne({**key, "index": i},
+                          {"$setOnInsert": {"item_type": it["item_type"], "item": it["item"]}}, upsert=True)
+                for i, it in enumerate(entry["items"])
+            ])
+            db[CHECKPOINTS].update_one(
+                {"checkpoint_id": checkpoint_id, "seq": {"$lt": seq}}, _record_update(header)
+            )
+        db[JOURNAL].delete_many(key)
+
+    def _bulk(self, collection: str, operations: list[Any]) -> None:
+        for start in range(0, len(operations), _BULK_SIZE):
+            self.db[collection].bulk_write(operations[start:start + _BULK_SIZE], ordered=True)
+
+    def _recover(self, checkpoint_id: str | None = None) -> None:
+        """Finish the batches a killed process committed to the journal, oldest first."""
+        query: dict[str, Any] = {"part": 0}
+        if checkpoint_id is not None:
+            query["checkpoint_id"] = checkpoint_id
+        for header in self.db[JOURNAL].find(query).sort([("checkpoint_id", ASCENDING), ("seq", ASCENDING)]):
+            logger.info("Replaying batch %(seq)d of checkpoint %(id)s from the journal",
+                        {"seq": header["seq"], "id": header["checkpoint_id"]})
+            self._replay(header)
+
+    # -- URLs and items --------------------------------------------------------------------
+
+    def processed_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
+        yield from self._fingerprints(checkpoint_id, processed=True)
+
+    def pending_start_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
+        yield from self._fingerprints(checkpoint_id, processed=False, start=True)
+
+    def _fingerprints(self, checkpoint_id: str, **where: bool) -> Iterator[bytes]:
+        with self._errors():
+            self._recover(checkpoint_id)
+            with self.db[URLS].find({"checkpoint_id": checkpoint_id, **where}, {"fingerprint": 1}) as cursor:
+                for doc in cursor:
+                    yield self._field(doc, "fingerprint", bytes, checkpoint_id, URLS)
+
+    def pending_requests(
+        self, checkpoint_id: str, after: Any, limit: int
+    ) -> tuple[list[bytes], Any]:
+        with self._errors():
+            self._recover(checkpoint_id)
+            docs = list(
+                self.db[URLS]
+                .find({"checkpoint_id": checkpoint_id, "processed": False,
+                       "pos": {"$gt": -1 if after is None else after}}, {"request": 1, "pos": 1})
+                .sort("pos", ASCENDING)
+                .limit(limit)
+            )
+        requests = [self._field(d, "request", bytes, checkpoint_id, URLS)
+                    for d in docs if d.get("request") is not None]
+        return requests, (docs[-1]["pos"] if docs else after)
+
+    def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        with self._errors():
+            self._recover(checkpoint_id)
+            with self.db[ITEMS].find({"checkpoint_id": checkpoint_id}).sort(
+                [("seq", ASCENDING), ("index", ASCENDING)]
+            ) as cursor:
+                for doc in cursor:
+                    yield (self._field(doc, "item_type", str, checkpoint_id, ITEMS),
+                           self._field(doc, "item", dict, checkpoint_id, ITEMS))
+
+    def _field(self, doc: dict[str, Any], name: str, kind: type, checkpoint_id: str, collection: str) -> Any:
+        value = doc.get(name)
+        if not isinstance(value, kind):
+            raise CorruptCheckpointError(
+                checkpoint_id, self._where(collection),
+                f"{name} of document {doc.get('_id')} is a {type(value).__name__}, not a {kind.__name__}",
+            )
+        return value
+
+    # -- user queries and query sessions ---------------------------------------------------
+
+    def save_user_query(self, query: UserQuery | Mapping[str, Any]) -> UserQuery:
+        """Insert or replace a user query, validated first; returns the stored model."""
+        return self._save(USER_QUERIES, UserQuery, "query_id", query)
+
+    def get_user_query(self, query_id: str) -> UserQuery | None:
+        return self._load(USER_QUERIES, UserQuery, "query_id", query_id)
+
+    def save_query_session(self, session: QuerySession | Mapping[str, Any]) -> QuerySession:
+        """Insert or replace a query session, validated first; returns the stored model."""
+        return self._save(QUERY_SESSIONS, QuerySession, "session_id", session)
+
+    def get_query_session(self, session_id: str) -> QuerySession | None:
+        return self._load(QUERY_SESSIONS, QuerySession, "session_id", session_id)
+
+    def _save(self, collection: str, model: type[_M], key: str, value: BaseModel | Mapping[str, Any]) -> _M:
+        # Validated again: a model built with model_construct, or a dict, may be invalid.
+        data = value.model_dump(warnings=False) if isinstance(value, BaseModel) else value
+        record = model.model_validate(data)
+        with self._errors():
+            self.db[collection].replace_one({key: getattr(record, key)}, record.model_dump(), upsert=True)
+        return record
+
+    def _load(self, collection: str, model: type[_M], key: str, value: str) -> _M | None:
+        with self._errors():
+            doc = self.db[collection].find_one({key: value}, {"_id": 0})
+        return None if doc is None else model.model_validate(doc)
