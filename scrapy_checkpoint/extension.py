@@ -481,6 +481,9 @@ class CheckpointExtension:
                     batch = self._unflushed[0]
                     try:
                         await run_in_thread(self.store.apply, cid, batch, ttl or self.settings.ttl)
+                    except KeyError:
+                        self._lost_by_store()
+                        return False
                     except Exception as exc:
                         self._store_error("flush", exc)
                         return False
@@ -493,10 +496,23 @@ class CheckpointExtension:
         finally:
             self._flushing = None
 
+    def _lost_by_store(self) -> None:
+        """The store no longer has the record (a Redis restarted without persistence):
+        write it again, and say that what the store held before is gone."""
+        assert self.checkpoint is not None
+        self.stats.inc_value("checkpoint/store_lost_checkpoint")
+        logger.error(
+            "Checkpoint %(id)s is gone from %(store)s (restarted without persistence?): writing it "
+            "again from batch %(seq)d on; progress saved before that is lost from the store",
+            {"id": self.checkpoint.checkpoint_id, "store": self.store.describe(),
+             "seq": self._unflushed[0].seq},
+        )
+        self._uncreated = True
+
     def _create(self, checkpoint: Checkpoint) -> None:
         self.store.open()
         self.store.create(checkpoint)
-        logger.info("Checkpoint %(id)s started in %(store)s, late: the store is back",
+        logger.info("Checkpoint %(id)s written to %(store)s: the store is back",
                     {"id": checkpoint.checkpoint_id, "store": self.store.describe()})
 
     async def spider_closed(self, spider: Spider, reason: str) -> None:

@@ -35,9 +35,12 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server subprocess that can be killed and restarted on the same port."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, persistent: bool = False) -> None:
         self.binary = binary
         self.directory = directory
+        # With AOF fsynced on every write, a SIGKILL loses nothing: a restart keeps the data.
+        self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else [
+            "--appendonly", "no"]
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
         self.log = directory / "redis-server.log"
@@ -50,7 +53,7 @@ class RedisServer:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
-                [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port),
+                [self.binary, "--save", "", *self.persistence, "--port", str(self.port),
                  "--bind", "127.0.0.1", "--dir", str(self.directory)],
                 stdout=log, stderr=subprocess.STDOUT,
             )
@@ -73,7 +76,7 @@ class RedisServer:
             client.close()
 
     def stop(self) -> None:
-        """SIGKILL, like a crash: nothing is saved (the server never saves anyway)."""
+        """SIGKILL, like a crash: only an AOF-persistent server keeps its data."""
         if self._process is not None:
             self._process.kill()
             self._process.wait()

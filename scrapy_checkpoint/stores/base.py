@@ -49,7 +49,9 @@ class CheckpointStore(ABC):
 
     @abstractmethod
     def apply(self, checkpoint_id: str, batch: Batch, ttl: float) -> None:
-        """Apply *batch* atomically: all of it or none of it. Idempotent per ``batch.seq``."""
+        """Apply *batch* atomically: all of it or none of it. Idempotent per ``batch.seq``.
+
+        Raises KeyError when the store does not hold the checkpoint (any more)."""
 
     @abstractmethod
     def processed_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:

@@ -1,0 +1,161 @@
+"""Fault injection: stores killed and restarted under a live crawl, corrupt records on resume."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import demo_support
+import pytest
+import redis
+
+from .redis_server import RedisServer, find_redis_server
+from .test_e2e import crawl, settings
+
+pytestmark = pytest.mark.e2e
+
+PRODUCTS = 1200
+OUTAGE_AT, OUTAGE_SECONDS, KILL_AT = 200, 1.5, 900
+
+
+@pytest.fixture
+def big_shop(tmp_path):
+    log = tmp_path / "shop.log"
+    process, url = demo_support.start_shop(products=PRODUCTS, latency=0.002, log=log)
+    try:
+        yield url, log
+    finally:
+        demo_support.stop_shop(process)
+
+
+@pytest.fixture
+def persistent_redis(tmp_path):
+    server = RedisServer(find_redis_server(), tmp_path, persistent=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Outage(threading.Thread):
+    """Stops *servers* once the crawl has scraped *at_items*, restarts them *seconds* later."""
+
+    def __init__(self, servers, items_file, at_items=OUTAGE_AT, seconds=OUTAGE_SECONDS):
+        super().__init__(daemon=True)
+        self.servers, self.items_file, self.at_items, self.seconds = servers, items_file, at_items, seconds
+        self.error = None
+        self.ended = False
+
+    def run(self):
+        try:
+            deadline = time.monotonic() + 120
+            while demo_support.count_lines(self.items_file) < self.at_items:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the crawl never reached {self.at_items} items")
+                time.sleep(0.02)
+            for server in self.servers:
+                server.stop()
+            time.sleep(self.seconds)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            for server in self.servers:
+                server.start()
+            self.ended = True
+
+
+def run_with_outage(tmp_path, url, log, extra, servers, **outage):
+    """Crawl through an outage, SIGKILL after it, resume to the end; return the summary."""
+    extra = {"CHECKPOINT_STORE_TIMEOUT": 0.5, **extra}
+    outage_thread = Outage(servers, tmp_path / "items.jsonl", **outage)
+    outage_thread.start()
+    code, killed, first_log = crawl(url, tmp_path, kill_when_items=KILL_AT, extra=dict(extra))
+    outage_thread.join(30)
+    assert outage_thread.ended and outage_thread.error is None, outage_thread.error
+    assert killed, first_log.read_text()[-3000:]
+    code, killed, last_log = crawl(url, tmp_path, resume=True, extra=dict(extra))
+    assert code == 0, last_log.read_text()[-3000:]
+    assert "saved as completed" in last_log.read_text(), last_log.read_text()[-3000:]
+    return demo_support.summarize(tmp_path / "items.jsonl", log, PRODUCTS), first_log.read_text()
+
+
+def test_redis_outage_mid_crawl(tmp_path, big_shop, persistent_redis):
+    url, log = big_shop
+    summary, text = run_with_outage(
+        tmp_path, url, log, {"CHECKPOINT_REDIS_URL": persistent_redis.url}, [persistent_redis]
+    )
+    print(f"redis outage: {summary}")
+    assert "failed to flush; will retry" in text
+    assert summary["lost"] == 0, summary
+
+
+def test_mongodb_outage_mid_crawl(tmp_path, big_shop, mongo_server, mongo_uri_db):
+    url, log = big_shop
+    uri, database = mongo_uri_db
+    summary, text = run_with_outage(
+        tmp_path, url, log, {"CHECKPOINT_MONGO_URI": uri, "CHECKPOINT_MONGO_DATABASE": database},
+        [mongo_server],
+    )
+    print(f"mongodb outage: {summary}")
+    assert "failed to flush; will retry" in text
+    assert summary["lost"] == 0, summary
+
+
+def test_store_down_at_start(tmp_path, big_shop, persistent_redis):
+    """A new crawl starts while its store is down; the checkpoint is written once it is back."""
+    url, log = big_shop
+    persistent_redis.stop()
+    summary, text = run_with_outage(
+        tmp_path, url, log, {"CHECKPOINT_REDIS_URL": persistent_redis.url}, [persistent_redis],
+        at_items=0, seconds=1.0,
+    )
+    assert "written to redis" in text and "the store is back" in text, text[-3000:]
+    assert summary["lost"] == 0, summary
+
+
+def test_redis_restarted_empty_recreates_checkpoint(tmp_path, big_shop, redis_server, redis_url):
+    """A Redis that comes back without its data loses the checkpoint: the crawl says so and
+    writes it again, instead of failing every flush."""
+    url, log = big_shop
+    extra = {"CHECKPOINT_REDIS_URL": redis_url, "CHECKPOINT_STORE_TIMEOUT": 0.5}
+    outage_thread = Outage([redis_server], tmp_path / "items.jsonl", seconds=0.5)
+    outage_thread.start()
+    code, killed, crawl_log = crawl(url, tmp_path, extra=extra)
+    outage_thread.join(30)
+    text = crawl_log.read_text()
+    assert code == 0, text[-3000:]
+    assert "is gone from redis" in text and "written to redis" in text, text[-3000:]
+    assert "saved as completed" in text
+
+
+@pytest.mark.parametrize("store", ["redis", "mongodb"])
+def test_corrupt_record_refused_on_resume(tmp_path, shop, store, request):
+    url, _, products = shop
+    if store == "redis":
+        extra = {"CHECKPOINT_REDIS_URL": request.getfixturevalue("redis_url")}
+    else:
+        uri, database = request.getfixturevalue("mongo_uri_db")
+        extra = {"CHECKPOINT_MONGO_URI": uri, "CHECKPOINT_MONGO_DATABASE": database}
+    _, _, crawl_log = crawl(url, tmp_path, kill_when_items=products // 3, extra=dict(extra))
+    checkpoint_id = re.search(r"Checkpoint (\S+) started in", crawl_log.read_text()).group(1)
+    if store == "redis":
+        with redis.Redis.from_url(extra["CHECKPOINT_REDIS_URL"]) as client:
+            (key,) = client.keys(f"*{checkpoint_id}*record*")
+            client.delete(key)
+            client.set(key, b"\x00\xffgarbage")
+    else:
+        from pymongo import MongoClient
+
+        with MongoClient(extra["CHECKPOINT_MONGO_URI"]) as client:
+            client[extra["CHECKPOINT_MONGO_DATABASE"]].checkpoints.update_one(
+                {"checkpoint_id": checkpoint_id}, {"$set": {"pipeline_step": "x"}},
+                bypass_document_validation=True,
+            )
+    items_before = demo_support.count_lines(tmp_path / "items.jsonl")
+    code, _, crawl_log = crawl(url, tmp_path, resume=True, extra=dict(extra))
+    text = crawl_log.read_text()
+    assert f"Checkpoint {checkpoint_id} in {store}" in text and "unreadable" in text, text[-3000:]
+    assert "'finish_reason': 'checkpoint_error'" in text
+    assert demo_support.count_lines(tmp_path / "items.jsonl") == items_before
