@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class CheckpointExtension:
         self.checkpoint: Checkpoint | None = None
         self.spider_checkpoint: SpiderCheckpoint | None = None
         self._steps: dict[str, int] = dict(getattr(crawler.spidercls, "checkpoint_steps", {}) or {})
+        self._page_needles = tuple(f"{p}=" for p in self.settings.page_params)
         self._seq = 0
         self._batch = Batch(seq=1)
         self._events = 0
@@ -101,6 +103,7 @@ class CheckpointExtension:
         self._last_discovered: Request | None = None
         self._warned: set[str] = set()
         self._saved_state: dict[str, Any] = {}
+        self._last_taken = time.monotonic()
         # Resume state.
         self._processed_before: set[bytes] = set()
         self._pending_start: set[bytes] = set()
@@ -386,9 +389,9 @@ class CheckpointExtension:
     def _page(self, request: Request) -> tuple[str, int] | None:
         page = request.meta.get("checkpoint_page")
         url = request.url
-        params = self.settings.page_params
-        if page is None and not any(f"{p}=" in url for p in params):
+        if page is None and not any(needle in url for needle in self._page_needles):
             return None
+        params = self.settings.page_params
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         rest = [(k, v) for k, v in query if k not in params]
@@ -416,8 +419,11 @@ class CheckpointExtension:
         if status is not None:
             batch.status = status
         batch.state = self._state_snapshot()
-        if not (self._events or batch.status or batch.state is not None):
+        # An idle crawl still sends an empty batch now and then: it refreshes the TTLs.
+        idle = time.monotonic() - self._last_taken < self.settings.ttl / 4
+        if not (self._events or batch.status or batch.state is not None) and idle:
             return
+        self._last_taken = time.monotonic()
         self._seq = batch.seq
         self._unflushed.append(batch)
         self._batch = Batch(seq=self._seq + 1)

@@ -212,3 +212,11 @@ def test_buffer_limit_drops_oldest_batches_and_says_what(ext, caplog):
 def test_batch_length_counts_events():
     batch = Batch(seq=1, processed=[b"x", b"y"], item_counts={"Product": 3})
     assert len(batch) == 5
+
+
+def test_idle_crawl_refreshes_ttl(ext):
+    ext._take_batch()
+    assert not ext._unflushed  # nothing happened, recently
+    ext._last_taken -= ext.settings.ttl / 4 + 1
+    ext._take_batch()
+    assert len(ext._unflushed) == 1 and len(ext._unflushed[0]) == 0
