@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 # Secrets in the query string: redis-py's password=, MongoDB's tlsCertificateKeyFilePassword=,
 # and AWS_SESSION_TOKEN:... inside MongoDB's authMechanismProperties=.
@@ -28,3 +29,25 @@ def redact_uri(uri: str) -> str:
     head, question, query = rest.partition("?")
     query = _SECRET_PROPERTY.sub(r"\1***", _SECRET_PARAM.sub(r"\1***", query))
     return scheme + sep + head + question + query
+
+
+_SECRET_VALUE = re.compile(r"(?:password|secret|token)[^=:,&;#]*[=:]([^,&;#]+)", re.I)
+
+
+def secrets_of(uri: str | None) -> set[str]:
+    """The secrets *uri* holds (password, secret query values), raw and unquoted."""
+    if not uri:
+        return set()
+    rest = uri.partition("://")[2] or uri
+    userinfo, at, hosts = rest.rpartition("@")
+    found = set(_SECRET_VALUE.findall(hosts.partition("?")[2]))
+    if at and ":" in userinfo:
+        found.add(userinfo.partition(":")[2])
+    return {s for secret in found for s in (secret, unquote(secret)) if s}
+
+
+def scrub(text: str, secrets: set[str]) -> str:
+    """*text* (an exception message, say) with every one of *secrets* replaced by ``***``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

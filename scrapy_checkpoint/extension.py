@@ -18,6 +18,7 @@ from scrapy.utils.asyncio import create_looping_call, run_in_thread, sleep
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.python.failure import Failure
 
+from ._redact import scrub, secrets_of
 from ._serialization import request_from_bytes, request_to_bytes
 from .exceptions import CheckpointError, CheckpointNotFound, StoreUnavailable
 from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
@@ -88,6 +89,8 @@ class CheckpointExtension:
         self.stats = crawler.stats
         self.fingerprint = crawler.request_fingerprinter.fingerprint
         self.store: CheckpointStore = store_class(self.settings).from_checkpoint_settings(self.settings)
+        self._secrets = secrets_of(self.settings.redis_url) | secrets_of(self.settings.mongo_uri)
+        self.store.stats = crawler.stats
         self.checkpoint: Checkpoint | None = None
         self.spider_checkpoint: SpiderCheckpoint | None = None
         self._steps: dict[str, int] = dict(getattr(crawler.spidercls, "checkpoint_steps", {}) or {})
@@ -147,7 +150,11 @@ class CheckpointExtension:
                 self._uncreated = True
                 self._store_error("open", exc)
         except CheckpointError as exc:
-            logger.error("%s", exc)
+            logger.error("%s", self._scrub(exc))
+            raise CloseSpider("checkpoint_error") from exc
+        except Exception as exc:  # a refused login, a broken store: no checkpoint, no crawl
+            logger.error("Checkpoint store %(store)s failed to open: %(error)s",
+                         {"store": self.store.describe(), "error": self._scrub(exc)})
             raise CloseSpider("checkpoint_error") from exc
         self.checkpoint = checkpoint
         self._seq = checkpoint.seq
@@ -569,8 +576,12 @@ class CheckpointExtension:
         self.stats.inc_value(key)
         if key not in self._warned:
             self._warned.add(key)
-            logger.warning("%(message)s: %(error)r (logged once, counted in %(key)s)",
-                           {"message": message, "error": exc, "key": key})
+            logger.warning("%(message)s: %(error)s (logged once, counted in %(key)s)",
+                           {"message": message, "error": self._scrub(exc), "key": key})
+
+    def _scrub(self, exc: Exception) -> str:
+        """The exception, named, with any credential of the store URLs hidden."""
+        return scrub(f"{type(exc).__name__}: {exc}", self._secrets)
 
 
 async def track_output(

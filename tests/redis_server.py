@@ -35,12 +35,15 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server subprocess that can be killed and restarted on the same port."""
 
-    def __init__(self, binary: str, directory: Path, persistent: bool = False) -> None:
+    def __init__(self, binary: str, directory: Path, persistent: bool = False, password: str = "") -> None:
         self.binary = binary
         self.directory = directory
         # With AOF fsynced on every write, a SIGKILL loses nothing: a restart keeps the data.
-        self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else [
+        self.args = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else [
             "--appendonly", "no"]
+        if password:
+            self.args += ["--requirepass", password]
+        self.password = password
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
         self.log = directory / "redis-server.log"
@@ -53,11 +56,12 @@ class RedisServer:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
-                [self.binary, "--save", "", *self.persistence, "--port", str(self.port),
+                [self.binary, "--save", "", *self.args, "--port", str(self.port),
                  "--bind", "127.0.0.1", "--dir", str(self.directory)],
                 stdout=log, stderr=subprocess.STDOUT,
             )
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(port=self.port, password=self.password or None, socket_timeout=1,
+                             socket_connect_timeout=1)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         try:
             while True:

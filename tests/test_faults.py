@@ -159,3 +159,31 @@ def test_corrupt_record_refused_on_resume(tmp_path, shop, store, request):
     assert f"Checkpoint {checkpoint_id} in {store}" in text and "unreadable" in text, text[-3000:]
     assert "'finish_reason': 'checkpoint_error'" in text
     assert demo_support.count_lines(tmp_path / "items.jsonl") == items_before
+
+
+@pytest.mark.parametrize("password_in_url", ["right", "wrong"])
+def test_credentials_never_logged(tmp_path, shop, password_in_url, mongo_server):
+    """Neither a Redis password nor a MongoDB one reaches the log, whether they work or not."""
+    url, _, products = shop
+    secret, wrong = "s3cret-Pa55word", "wr0ng-Pa55word"
+    server = RedisServer(find_redis_server(), tmp_path, password=secret)
+    server.start()
+    try:
+        password = secret if password_in_url == "right" else wrong
+        port = mongo_server.uri.rsplit(":", 1)[1]
+        extra = {
+            "CHECKPOINT_REDIS_URL": f"redis://:{password}@127.0.0.1:{server.port}/0",
+            "CHECKPOINT_MONGO_URI": f"mongodb://checkpoint:m0ngo-Secret@127.0.0.1:{port}/?authSource=admin",
+            "CHECKPOINT_STORE_TIMEOUT": 0.5,
+        }
+        code, _, crawl_log = crawl(url, tmp_path, extra=extra)
+    finally:
+        server.stop()
+    text = crawl_log.read_text()
+    assert code == 0, text[-3000:]
+    for leaked in (secret, wrong, "m0ngo-Secret"):
+        assert leaked not in text
+    # The stand-in cannot log anyone in: the crawl refuses to run without its checkpoint,
+    # and says which store failed, redacted.
+    assert "failed to open" in text and "checkpoint:***@127.0.0.1" in text, text[-3000:]
+    assert "'finish_reason': 'checkpoint_error'" in text

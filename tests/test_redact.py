@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scrapy_checkpoint._redact import redact_uri
+from scrapy_checkpoint._redact import redact_uri, scrub, secrets_of
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,12 @@ def test_password_hidden(uri, redacted):
 )
 def test_nothing_to_hide(uri):
     assert redact_uri(uri) == uri
+
+
+def test_secrets_of_and_scrub():
+    uri = "mongodb://app:p%40ss@h1,h2/db?tlsCertificateKeyFilePassword=k3y&w=1"
+    secrets = secrets_of(uri)
+    assert {"p%40ss", "p@ss", "k3y"} <= secrets
+    message = "auth failed for app with p@ss (key k3y)"
+    assert scrub(message, secrets) == "auth failed for app with *** (key ***)"
+    assert secrets_of(None) == set() and secrets_of("redis://localhost:6379/0") == set()
