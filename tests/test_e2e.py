@@ -226,3 +226,11 @@ def test_resume_by_id(tmp_path, shop):
     code, _, crawl_log = crawl(url, tmp_path, extra={"CHECKPOINT_ID": checkpoint_id})
     assert f"Resuming checkpoint {checkpoint_id}" in crawl_log.read_text()
     assert demo_support.summarize(tmp_path / "items.jsonl", log, products)["lost"] == 0
+    store = open_store(tmp_path)
+    try:
+        state = store.get(checkpoint_id).pipeline_data.state
+    finally:
+        store.close()
+    # The spider counts listing pages in its checkpoint state: 5 listings of 6 pages. The
+    # resumed run saw only those left, so the count is whole only if the state came back.
+    assert state["listing_pages"] >= 30, state

@@ -41,6 +41,9 @@ class ProductsSpider(scrapy.Spider):
             yield response.follow(href, callback=self.parse_category)
 
     def parse_category(self, response: Response) -> Iterator[scrapy.Request]:
+        # A small state dict that survives kills: saved with every checkpoint flush.
+        if checkpoint := getattr(self, "checkpoint", None):
+            checkpoint.state["listing_pages"] = checkpoint.state.get("listing_pages", 0) + 1
         for href in response.css("ul.products a.product-link::attr(href)").getall():
             yield response.follow(href, callback=self.parse_product)
         next_page = response.css('a[rel="next"]::attr(href)').get()
