@@ -18,6 +18,7 @@ from scrapy.utils.asyncio import create_looping_call, run_in_thread, sleep
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.python.failure import Failure
 
+from ._fingerprints import FingerprintSet
 from ._redact import scrub, secrets_of
 from ._serialization import request_from_bytes, request_to_bytes
 from .exceptions import CheckpointError, CheckpointNotFound, StoreUnavailable
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Close reasons after which a checkpoint stays ``active``: the crawl was stopped, not broken.
+#: Pending requests rebuilt first on resume, before full CHECKPOINT_RESEED_CHUNKs.
+FIRST_RESEED_CHUNK = 50
+
 #: Further tries of the final flush, CHECKPOINT_STORE_TIMEOUT apart, when the store is down.
 CLOSE_RETRIES = 2
 
@@ -108,7 +112,7 @@ class CheckpointExtension:
         self._saved_state: dict[str, Any] = {}
         self._last_taken = time.monotonic()
         # Resume state.
-        self._processed_before: set[bytes] = set()
+        self._processed_before: FingerprintSet | None = None
         self._pending_start: set[bytes] = set()
         self._reseed_cursor: Any = None
         self._reseed_chunk: list[bytes] | None = None
@@ -216,8 +220,9 @@ class CheckpointExtension:
     async def _load_fingerprints(self, checkpoint: Checkpoint) -> None:
         cid = checkpoint.checkpoint_id
 
-        def load() -> tuple[set[bytes], set[bytes]]:
-            return set(self.store.processed_fingerprints(cid)), set(self.store.pending_start_fingerprints(cid))
+        def load() -> tuple[FingerprintSet, set[bytes]]:
+            processed = FingerprintSet(self.store.processed_fingerprints(cid))
+            return processed, set(self.store.pending_start_fingerprints(cid))
 
         self._processed_before, self._pending_start = await run_in_thread(load)
 
@@ -228,7 +233,8 @@ class CheckpointExtension:
         pending = data.urls_discovered - data.urls_processed
         self._reseed_done = pending <= 0
         if not self._reseed_done:
-            self._load_reseed_chunk()
+            # A small first chunk: the first downloads need not wait for a thousand rebuilds.
+            self._load_reseed_chunk(min(FIRST_RESEED_CHUNK, self.settings.reseed_chunk))
         if checkpoint.status is CheckpointStatus.FAILED:
             self._batch.status = CheckpointStatus.ACTIVE
         self.stats.set_value("checkpoint/restored/processed", len(self._processed_before))
@@ -242,7 +248,7 @@ class CheckpointExtension:
     def skip_start_request(self, request: Request) -> bool:
         """On resume, a start request already recorded is not redone: processed ones are
         done, pending ones come back from the store."""
-        if not self._processed_before and not self._pending_start:
+        if self._processed_before is None:
             return False
         fp = self.fingerprint(request)
         if fp in self._processed_before or fp in self._pending_start:
@@ -252,14 +258,14 @@ class CheckpointExtension:
 
     # Reseeding, lazily: one chunk at a time, when the scheduler runs dry.
 
-    def _load_reseed_chunk(self) -> None:
+    def _load_reseed_chunk(self, size: int | None = None) -> None:
         assert self.checkpoint is not None
         cid = self.checkpoint.checkpoint_id
 
         async def load() -> None:
             try:
                 chunk, self._reseed_cursor = await run_in_thread(
-                    self.store.pending_requests, cid, self._reseed_cursor, self.settings.reseed_chunk
+                    self.store.pending_requests, cid, self._reseed_cursor, size or self.settings.reseed_chunk
                 )
             except Exception as exc:  # retried at the next scheduler_empty
                 self._store_error("reseed", exc)
@@ -306,7 +312,7 @@ class CheckpointExtension:
 
     def request_scheduled(self, request: Request, spider: Spider) -> None:
         fp = self.fingerprint(request)
-        if fp in self._processed_before and not request.dont_filter:
+        if self._processed_before is not None and fp in self._processed_before and not request.dont_filter:
             self.stats.inc_value("checkpoint/skipped/processed")
             raise IgnoreRequest
         if self._reseeding:

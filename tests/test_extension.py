@@ -12,6 +12,7 @@ from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
 
 from scrapy_checkpoint import CheckpointExtension, SpiderCheckpoint
+from scrapy_checkpoint._fingerprints import FingerprintSet
 from scrapy_checkpoint.models import Batch
 
 
@@ -126,7 +127,7 @@ def test_unserializable_request_counted_and_logged_once(ext, caplog):
 def test_processed_before_is_filtered_unless_dont_filter(ext):
     spider = ext.crawler.spider
     done = Request("http://shop.test/p/1")
-    ext._processed_before = {fp(ext, done)}
+    ext._processed_before = FingerprintSet([fp(ext, done)])
     with pytest.raises(IgnoreRequest):
         ext.request_scheduled(done, spider)
     ext.request_scheduled(done.replace(dont_filter=True), spider)
@@ -136,7 +137,7 @@ def test_processed_before_is_filtered_unless_dont_filter(ext):
 
 def test_start_requests_skipped_on_resume(ext):
     done, pending, new = (Request(f"http://shop.test/{n}") for n in ("done", "pending", "new"))
-    ext._processed_before = {fp(ext, done)}
+    ext._processed_before = FingerprintSet([fp(ext, done)])
     ext._pending_start = {fp(ext, pending)}
     assert [ext.skip_start_request(r) for r in (done, pending, new)] == [True, True, False]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import socket
 import sys
@@ -751,3 +752,293 @@ class TestMongoDBStore(StoreContract):
             assert store.get(cp.checkpoint_id).pipeline_data.urls_discovered == 1
         finally:
             store.close()
+
+
+HYBRID_PREFIX = "test-hybrid"
+
+
+class TestHybridStore(StoreContract):
+    @pytest.fixture
+    def make_store(self, redis_url, mongo_uri_db):
+        from scrapy_checkpoint.stores.hybrid import HybridCheckpointStore
+        from scrapy_checkpoint.stores.mongodb import MongoDBCheckpointStore
+        from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+
+        uri, database = mongo_uri_db
+        return lambda: HybridCheckpointStore(
+            RedisCheckpointStore(redis_url, HYBRID_PREFIX, timeout=2.0),
+            MongoDBCheckpointStore(uri, database, timeout=5.0),
+        )
+
+    def test_from_checkpoint_settings_and_describe(self, tmp_path):
+        settings = CheckpointSettings.from_settings(Settings({
+            "CHECKPOINT_ENABLED": True, "CHECKPOINT_DIR": str(tmp_path),
+            "CHECKPOINT_REDIS_URL": "redis://:pw@cache.test:6390/3",
+            "CHECKPOINT_MONGO_URI": "mongodb://scraper:s3cret@db.test:27017/?authSource=admin",
+            "CHECKPOINT_MONGO_DATABASE": "crawls", "CHECKPOINT_STORE_TIMEOUT": 1.5, "CHECKPOINT_BUFFER_LIMIT": 7,
+        }))
+        store = store_class(settings).from_checkpoint_settings(settings)
+        assert (store.name, store.buffer_limit, store.retry_interval) == ("hybrid", 7, 1.5)
+        assert store.describe() == (
+            "hybrid(redis:redis://:***@cache.test:6390/3, "
+            "mongodb:mongodb://scraper:***@db.test:27017/?authSource=admin (database crawls))"
+        )
+
+
+def _agreed(store, checkpoint_id):
+    """What two stores holding the same batches agree on (not their timestamps)."""
+    got = store.get(checkpoint_id)
+    return (got.seq, got.status, got.pipeline_step, got.pipeline_data,
+            sorted(store.processed_fingerprints(checkpoint_id)),
+            sorted(store.pending_start_fingerprints(checkpoint_id)),
+            store.pending_requests(checkpoint_id, None, 1000)[0], list(store.items(checkpoint_id)))
+
+
+def _logged(caplog, level, *words):
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == level and all(w in r.getMessage() for w in words)]
+
+
+class TestHybridFaults:
+    """Real servers stopped and started again under a hybrid store with short timeouts."""
+
+    @pytest.fixture
+    def servers(self, redis_server, redis_url, mongo_server, mongo_uri_db):
+        yield redis_server, mongo_server
+        # Restored even when the test failed, for the tests that follow.
+        (redis_server.directory / "dump.rdb").unlink(missing_ok=True)
+        if not redis_server.running:
+            redis_server.start()
+        if not mongo_server.running:
+            mongo_server.start()
+
+    @pytest.fixture
+    def make_hybrid(self, servers, redis_url, mongo_uri_db):
+        from scrapy.utils.test import get_crawler
+
+        from scrapy_checkpoint.stores.hybrid import HybridCheckpointStore
+        from scrapy_checkpoint.stores.mongodb import MongoDBCheckpointStore
+        from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+
+        made = []
+
+        def make(**kwargs):
+            kwargs.setdefault("retry_interval", 0.0)
+            store = HybridCheckpointStore(
+                RedisCheckpointStore(redis_url, HYBRID_PREFIX, timeout=0.5),
+                MongoDBCheckpointStore(*mongo_uri_db, timeout=0.5),
+                **kwargs,
+            )
+            store.stats = get_crawler().stats
+            made.append(store)
+            store.open()
+            return store
+
+        yield make
+        for store in made:
+            store.close()
+
+    @pytest.fixture
+    def client(self, redis_url):
+        with redis.Redis.from_url(redis_url) as client:
+            yield client
+
+    def stat(self, store, name):
+        return store.stats.get_value(f"checkpoint/hybrid/{name}", 0)
+
+    def test_redis_down_then_back_with_its_data(self, make_hybrid, servers, client, caplog):
+        redis_server, _ = servers
+        store = make_hybrid()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(i, start=i < 2) for i in range(5)]), TTL)
+        client.save()  # so that it comes back with its data
+        redis_server.stop()
+        store.apply(cid, batch(2, discovered=[discovered(5)], processed=[fp(0), fp(3)]), TTL)
+        store.apply(cid, batch(3, processed=[fp(1)], items=[("Product", {"sku": "A1"})],
+                               item_counts={"Product": 1}), TTL)
+        assert store.mongodb.store.get(cid).seq == 3
+        redis_server.start()
+        store.apply(cid, batch(4, processed=[fp(5)]), TTL)
+        agreed = _agreed(store.redis.store, cid)
+        assert agreed == _agreed(store.mongodb.store, cid)
+        assert agreed[0] == 4 and agreed[3].urls_processed == 4
+        assert (self.stat(store, "redis_unavailable"), self.stat(store, "replayed")) == (1, 2)
+        assert len(_logged(caplog, logging.WARNING, "Redis at", "is unavailable")) == 1
+        assert not _logged(caplog, logging.WARNING, "stale")
+
+    def test_redis_restarted_empty_is_stale(self, make_hybrid, servers, client, caplog):
+        redis_server, _ = servers
+        store = make_hybrid()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(i) for i in range(4)]), TTL)
+        redis_server.stop()
+        store.apply(cid, batch(2, processed=[fp(0)]), TTL)
+        redis_server.start()  # empty: it never saves
+        store.apply(cid, batch(3, processed=[fp(1)], discovered=[discovered(4)]), TTL)
+        store.apply(cid, batch(4, processed=[fp(2)]), TTL)
+        assert client.keys("*") == []  # nothing written to it once stale
+        stale = _logged(caplog, logging.WARNING, cid, "stale", "MongoDB")
+        assert len(stale) == 1 and "no longer holds it" in stale[0]
+        assert self.stat(store, "redis_stale") == 1
+        got = store.get(cid)
+        assert (got.seq, got.pipeline_data.urls_discovered, got.pipeline_data.urls_processed) == (4, 5, 3)
+        assert set(store.processed_fingerprints(cid)) == {fp(0), fp(1), fp(2)}
+        assert store.pending_requests(cid, None, 10)[0] == [b"request-3", b"request-4"]
+
+    def test_redis_down_at_open_gets_the_create_first(self, make_hybrid, servers, caplog):
+        redis_server, _ = servers
+        redis_server.stop()
+        store = make_hybrid()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(1), discovered(2)]), TTL)
+        store.apply(cid, batch(2, processed=[fp(1)]), TTL)
+        redis_server.start()
+        store.apply(cid, batch(3, processed=[fp(2)]), TTL)
+        assert _agreed(store.redis.store, cid) == _agreed(store.mongodb.store, cid)
+        assert store.redis.store.get(cid).seq == 3
+        assert self.stat(store, "replayed") == 3
+        assert len(_logged(caplog, logging.WARNING, "Redis at", "is unavailable")) == 1
+
+    def test_mongodb_down_then_back(self, make_hybrid, servers, monkeypatch, caplog):
+        _, mongo_server = servers
+        store = make_hybrid()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(i) for i in range(5)]), TTL)
+        landed = []
+        apply = store.mongodb.store.apply
+        monkeypatch.setattr(store.mongodb.store, "apply",
+                            lambda cid, b, ttl: (apply(cid, b, ttl), landed.append(b.seq)))
+        mongo_server.stop()
+        store.apply(cid, batch(2, discovered=[discovered(5)], processed=[fp(0), fp(3)]), TTL)
+        store.apply(cid, batch(3, processed=[fp(1)], items=[("Product", {"sku": "A1"})],
+                               item_counts={"Product": 1}, pagination={"http://shop.test/c": 2}), TTL)
+        assert store.redis.store.get(cid).seq == 3
+        mongo_server.start()
+        store.apply(cid, batch(4, processed=[fp(5)]), TTL)
+        assert landed == [2, 3, 4]
+        agreed = _agreed(store.mongodb.store, cid)
+        assert agreed == _agreed(store.redis.store, cid)
+        assert agreed[0] == 4 and agreed[3].extraction_results.items_scraped == 1
+        assert (self.stat(store, "mongodb_unavailable"), self.stat(store, "replayed")) == (1, 2)
+        assert len(_logged(caplog, logging.WARNING, "MongoDB at", "is unavailable")) == 1
+        assert not _logged(caplog, logging.ERROR)
+
+    def test_mongodb_backlog_overflow_says_which_batches(self, make_hybrid, servers, caplog):
+        _, mongo_server = servers
+        store = make_hybrid(buffer_limit=5, retry_interval=60.0)
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(i) for i in range(8)]), TTL)
+        mongo_server.stop()
+        for seq in (2, 3, 4, 5):
+            store.apply(cid, batch(seq, processed=[fp(2 * seq - 4), fp(2 * seq - 3)]), TTL)
+        mongo_server.start()
+        store.apply(cid, batch(6, processed=[fp(7)]), TTL)
+        errors = _logged(caplog, logging.ERROR, cid)
+        assert len(errors) == 1
+        assert "lacks batches 2-4," in errors[0] and "CHECKPOINT_BUFFER_LIMIT (5)" in errors[0]
+        assert "s3cret" not in errors[0]
+        assert self.stat(store, "mongodb_stale") == 1
+        assert store.mongodb.store.get(cid).seq == 1  # no later batch: it would hide the gap
+        got = store.get(cid)
+        assert (got.seq, got.pipeline_data.urls_processed) == (6, 8)
+        assert store.pending_requests(cid, None, 10)[0] == []
+
+    def test_both_down_then_the_retry_lands_once(self, make_hybrid, servers, client):
+        redis_server, mongo_server = servers
+        store = make_hybrid()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(i) for i in range(3)], item_counts={"Product": 1}), TTL)
+        client.save()
+        redis_server.stop()
+        mongo_server.stop()
+        b2 = batch(2, discovered=[discovered(3)], processed=[fp(0)], item_counts={"Product": 1})
+        with pytest.raises(StoreUnavailable, match="Neither store"):
+            store.apply(cid, b2, TTL)
+        with pytest.raises(StoreUnavailable):
+            store.get(cid)
+        assert not store.redis.backlog and not store.mongodb.backlog
+        with pytest.raises(StoreUnavailable):
+            make_hybrid()
+        redis_server.start()
+        mongo_server.start()
+        store.apply(cid, b2, TTL)  # the extension's retry
+        store.apply(cid, b2, TTL)  # and a retry of a flush that landed: a no-op
+        for side in (store.redis, store.mongodb):
+            got = side.store.get(cid)
+            data = got.pipeline_data
+            assert (got.seq, data.urls_discovered, data.urls_processed, data.extraction_results.items_scraped) == (
+                2, 4, 1, 2), side.label
+
+    @pytest.mark.parametrize("ahead", ["redis", "mongodb"])
+    def test_higher_seq_wins_and_serves_the_url_sets(self, make_hybrid, servers, ahead, caplog):
+        store = make_hybrid()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(i, start=i == 0) for i in range(4)]), TTL)
+        getattr(store, ahead).store.apply(cid, batch(2, processed=[fp(0), fp(1)], discovered=[discovered(4)]), TTL)
+        got = store.get(cid)
+        assert (got.seq, got.pipeline_data.urls_processed) == (2, 2)
+        assert set(store.processed_fingerprints(cid)) == {fp(0), fp(1)}
+        assert set(store.pending_start_fingerprints(cid)) == set()
+        assert store.pending_requests(cid, None, 10)[0] == [b"request-2", b"request-3", b"request-4"]
+        assert store.find_resumable("products", "shop.test", "product_catalog").seq == 2
+        behind = "MongoDB" if ahead == "redis" else "Redis"
+        assert len(_logged(caplog, logging.ERROR if behind == "MongoDB" else logging.WARNING,
+                           cid, behind, "up to batch 1")) == 1
+        # The store behind gets no more writes: it would look current, with a gap.
+        store.apply(cid, batch(3, processed=[fp(2)]), TTL)
+        assert getattr(store, "mongodb" if ahead == "redis" else "redis").store.get(cid).seq == 1
+        assert store.get(cid).seq == 3
+
+    def test_corrupt_redis_record_uses_mongodb(self, make_hybrid, servers, client, caplog):
+        store = make_hybrid()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(1), discovered(2)], processed=[fp(1)]), TTL)
+        client.hset(f"{HYBRID_PREFIX}:cp:{cid}:record", "spider", b"\xff\xfe")
+        assert store.get(cid) == store.mongodb.store.get(cid)
+        assert store.find_resumable("products", "shop.test", "product_catalog").checkpoint_id == cid
+        assert list(store.processed_fingerprints(cid)) == [fp(1)]
+        assert store.pending_requests(cid, None, 10)[0] == [b"request-2"]
+        warnings = _logged(caplog, logging.WARNING, cid, "Redis")
+        assert len(warnings) == 1 and "Ignoring" in warnings[0]
+        assert self.stat(store, "redis_corrupt") == 1
+        store.mongodb.store.db["checkpoints"].update_one(
+            {"checkpoint_id": cid}, {"$set": {"pipeline_step": "two"}}, bypass_document_validation=True)
+        with pytest.raises(CorruptCheckpointError, match=cid):
+            store.get(cid)
+
+    def test_absence_is_sure_only_from_mongodb_and_close_reports_what_it_lacks(
+        self, make_hybrid, servers, client, caplog
+    ):
+        redis_server, mongo_server = servers
+        store = make_hybrid()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        client.save()
+        redis_server.stop()
+        assert store.get("no-such-id") is None  # MongoDB says so
+        redis_server.start()
+        mongo_server.stop()
+        with pytest.raises(StoreUnavailable, match="MongoDB"):
+            store.get("no-such-id")  # Redis may have lost what MongoDB holds
+        store.apply(cid, batch(1, discovered=[discovered(1)]), TTL)
+        store.apply(cid, batch(2, processed=[fp(1)]), TTL)
+        store.close()  # tries MongoDB a last time
+        errors = _logged(caplog, logging.ERROR, cid, "still unreachable when the store closed")
+        assert len(errors) == 1 and "lacks batches 1-2," in errors[0]

@@ -23,6 +23,8 @@ class CheckpointStore(ABC):
 
     #: Short name used in logs and stats keys.
     name: str = "store"
+    #: The crawler's stats collector, set by the extension; None outside a crawl.
+    stats: Any = None
 
     @classmethod
     @abstractmethod

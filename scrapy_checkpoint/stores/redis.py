@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 #: The keys of one checkpoint, ``{prefix}:cp:{id}:{kind}``, in the order _APPLY takes them.
 _KINDS = ("record", "requests", "pending", "start", "processed", "items")
 _PAGE = 1000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # Shared by both scripts. Every check comes before the first write, because Redis does not
 # roll a script back when it fails half way: a corrupt key must leave the batch unapplied.
@@ -156,9 +156,17 @@ def _ttl_ms(ttl: float) -> int:
     return max(1, round(ttl * 1000)) if ttl > 0 else 0
 
 
-def _stamp(moment: datetime) -> str:
-    """Microseconds since the epoch in 16 digits, which sort as text in time order."""
-    return f"{(moment - _EPOCH) // timedelta(microseconds=1):016d}"
+_last_stamp = 0
+_stamp_lock = threading.Lock()
+
+
+def _stamp() -> str:
+    """Microseconds since the epoch in 16 digits, which sort as text in time order; strictly
+    increasing within the process, so that records written in one tick still sort."""
+    global _last_stamp
+    with _stamp_lock:
+        _last_stamp = max(time.time_ns() // 1000, _last_stamp + 1)
+        return f"{_last_stamp:016d}"
 
 
 def _job(spider: str, site_domain: str, job_type: str) -> str:
@@ -302,7 +310,7 @@ class RedisCheckpointStore(CheckpointStore):
             "id": checkpoint.checkpoint_id,
             "job": _job(checkpoint.spider, checkpoint.site_domain, checkpoint.job_type),
             "status": checkpoint.status.value,
-            "stamp": _stamp(checkpoint.updated_at),
+            "stamp": _stamp(),
             "ttl": _ttl_ms(ttl),
         }
         args: list[Any] = [json.dumps(header)]
@@ -337,7 +345,7 @@ class RedisCheckpointStore(CheckpointStore):
             "id": checkpoint_id,
             "seq": batch.seq,
             "ttl": _ttl_ms(ttl),
-            "stamp": _stamp(now),
+            "stamp": _stamp(),
             "updated_at": now.isoformat(),
             "expires_at": expires_at.isoformat() if expires_at else None,
             "status": batch.status.value if batch.status else None,

@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_pending
     ON requests (checkpoint_id, id) WHERE processed = 0;
+CREATE INDEX IF NOT EXISTS requests_processed
+    ON requests (checkpoint_id, fingerprint) WHERE processed = 1;
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,
     checkpoint_id TEXT NOT NULL,
@@ -205,19 +207,26 @@ class SQLiteCheckpointStore(CheckpointStore):
         self._write_record(checkpoint)
 
     def processed_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
-        yield from self._fingerprints(checkpoint_id, "processed = 1")
+        # In order, from a covering index: no table lookups, no sort.
+        yield from self._fingerprints(
+            "SELECT fingerprint FROM requests INDEXED BY requests_processed"
+            " WHERE checkpoint_id = ? AND processed = 1 ORDER BY fingerprint",
+            checkpoint_id,
+        )
 
     def pending_start_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
-        yield from self._fingerprints(checkpoint_id, "processed = 0 AND start = 1")
+        yield from self._fingerprints(
+            "SELECT fingerprint FROM requests WHERE checkpoint_id = ? AND processed = 0 AND start = 1",
+            checkpoint_id,
+        )
 
-    def _fingerprints(self, checkpoint_id: str, where: str) -> Iterator[bytes]:
+    def _fingerprints(self, query: str, checkpoint_id: str) -> Iterator[bytes]:
+        """Stream the rows a page at a time, never the whole result in memory at once."""
         with self._lock:
-            rows = self.db.execute(
-                f"SELECT fingerprint FROM requests WHERE checkpoint_id = ? AND {where}",
-                (checkpoint_id,),
-            ).fetchall()
-        for (fp,) in rows:
-            yield fp
+            cursor = self.db.execute(query, (checkpoint_id,))
+            while rows := cursor.fetchmany(10_000):
+                for (fp,) in rows:
+                    yield fp
 
     def pending_requests(
         self, checkpoint_id: str, after: Any, limit: int
