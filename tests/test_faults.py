@@ -187,3 +187,25 @@ def test_credentials_never_logged(tmp_path, shop, password_in_url, mongo_server)
     # and says which store failed, redacted.
     assert "failed to open" in text and "checkpoint:***@127.0.0.1" in text, text[-3000:]
     assert "'finish_reason': 'checkpoint_error'" in text
+
+
+@pytest.mark.parametrize("down", ["redis", "mongodb", "both"])
+def test_hybrid_outage_mid_crawl(tmp_path, big_shop, down, redis_server, redis_url, mongo_server, mongo_uri_db):
+    """Kill Redis, MongoDB or both under a hybrid crawl, restart them (Redis comes back
+    empty): the crawl goes on, and a resume after a later SIGKILL loses nothing."""
+    url, log = big_shop
+    uri, database = mongo_uri_db
+    servers = {"redis": [redis_server], "mongodb": [mongo_server], "both": [redis_server, mongo_server]}
+    summary, text = run_with_outage(
+        tmp_path, url, log,
+        {"CHECKPOINT_REDIS_URL": redis_url, "CHECKPOINT_MONGO_URI": uri, "CHECKPOINT_MONGO_DATABASE": database},
+        servers[down],
+    )
+    print(f"hybrid, {down} down: {summary}")
+    assert summary["lost"] == 0, summary
+    if down == "both":  # the extension holds the batches
+        assert "failed to flush; will retry" in text
+    else:  # the other store takes them
+        label = {"redis": "Redis", "mongodb": "MongoDB"}[down]
+        assert f"{label} at" in text and "is unavailable" in text, text[-3000:]
+        assert "failed to flush" not in text
