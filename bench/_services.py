@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,12 +11,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.mongo_server import ENV_URI, MongoServer  # noqa: E402
 from tests.redis_server import RedisServer, find_redis_server  # noqa: E402
 
 
 @contextmanager
-def redis_server(directory: Path) -> Iterator[str | None]:
-    """A redis-server on a free port, yielding its URL; None when there is no binary."""
+def redis_instance(directory: Path) -> Iterator[RedisServer | None]:
+    """A redis-server on a free port, which the caller may stop and start; None when there
+    is no binary."""
     binary = find_redis_server()
     if binary is None:
         print("no redis-server: skipping the Redis contenders", file=sys.stderr)
@@ -23,6 +27,46 @@ def redis_server(directory: Path) -> Iterator[str | None]:
     server = RedisServer(binary, directory)
     server.start()
     try:
-        yield f"{server.url}/0"
+        yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[str | None]:
+    """A redis-server on a free port, yielding its URL; None when there is no binary."""
+    with redis_instance(directory) as server:
+        yield None if server is None else f"{server.url}/0"
+
+
+def _stand_in_installed() -> bool:
+    return Path(sys.executable).with_name("nx-27017").exists() or shutil.which("nx-27017") is not None
+
+
+@contextmanager
+def mongo_instance(directory: Path) -> Iterator[MongoServer | None]:
+    """The MongoDB endpoint of CHECKPOINT_TEST_MONGODB_URI, else the nx-27017 stand-in on a
+    free port (which the caller may stop and start; an external server it may not); None
+    when there is neither."""
+    uri = os.environ.get(ENV_URI)
+    if uri:
+        yield MongoServer.external(uri)
+        return
+    if not _stand_in_installed():
+        print(f"no nx-27017 and no {ENV_URI}: skipping the MongoDB contenders", file=sys.stderr)
+        yield None
+        return
+    data = directory / "mongodb"
+    data.mkdir(parents=True, exist_ok=True)
+    server = MongoServer.stand_in(data)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def mongo_server(directory: Path) -> Iterator[str | None]:
+    """A MongoDB endpoint (see mongo_instance), yielding its URI; None when there is none."""
+    with mongo_instance(directory) as server:
+        yield None if server is None else server.uri

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "example_project"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import demo_support  # noqa: E402
-from _services import redis_server  # noqa: E402
+from _services import mongo_server, redis_server  # noqa: E402
 
 COMMON = {
     "CONCURRENT_REQUESTS": 32,
@@ -38,13 +38,18 @@ COMMON = {
 }
 
 
-def contenders(workdir: Path, redis_url: str | None) -> dict[str, dict]:
-    """Settings per contender; a fresh state dir each run (rebuilt in run_once)."""
+def contenders(redis_url: str | None, mongo_uri: str | None) -> dict[str, dict]:
+    """Settings per contender; ``{state}`` and ``{run}`` are fresh for every run."""
     out = {
         "off": {},
         "sqlite": {"CHECKPOINT_ENABLED": True},
         "jobdir": {"JOBDIR": "{state}"},
     }
+    mongo = {"CHECKPOINT_MONGO_URI": mongo_uri, "CHECKPOINT_MONGO_DATABASE": "bench_{run}"}
+    if mongo_uri:
+        out["mongodb"] = {"CHECKPOINT_ENABLED": True, **mongo}
+    if redis_url and mongo_uri:
+        out["hybrid"] = {"CHECKPOINT_ENABLED": True, "CHECKPOINT_REDIS_URL": redis_url, **mongo}
     if redis_url:
         out["redis"] = {"CHECKPOINT_ENABLED": True, "CHECKPOINT_REDIS_URL": redis_url}
         out["scrapy-redis"] = {
@@ -60,7 +65,8 @@ def run_once(url: str, name: str, extra: dict, workdir: Path, run: int, products
     """One crawl; returns (cpu seconds of the crawler process, wall seconds)."""
     state = workdir / f"{name}-{run}"
     settings = {**COMMON, "CHECKPOINT_DIR": str(state), **extra}
-    settings = {k: (v.format(state=state) if isinstance(v, str) else v) for k, v in settings.items()}
+    settings = {k: (v.format(state=state, run=f"{name}_{run}".replace("-", "_")) if isinstance(v, str) else v)
+                for k, v in settings.items()}
     items = workdir / f"items-{name}-{run}.jsonl"
     command = demo_support.crawl_command(url, items, settings)
     if name == "scrapy-redis":
@@ -94,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     shop, url = demo_support.start_shop(products=args.products, latency=0.0)
     try:
-        with redis_server(workdir) as redis_url:
-            table = contenders(workdir, redis_url)
+        with redis_server(workdir) as redis_url, mongo_server(workdir) as mongo_uri:
+            table = contenders(redis_url, mongo_uri)
             if args.contenders:
                 table = {k: table[k] for k in args.contenders.split(",")}
             results: dict[str, list[tuple[float, float]]] = {k: [] for k in table}
