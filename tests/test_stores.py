@@ -6,6 +6,7 @@ import importlib
 import logging
 import re
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ import redis
 from pydantic import ValidationError
 from scrapy.settings import Settings
 
-from scrapy_checkpoint.exceptions import CorruptCheckpointError, StoreUnavailable
+from scrapy_checkpoint.exceptions import CheckpointError, CorruptCheckpointError, StoreUnavailable
 from scrapy_checkpoint.models import CheckpointStatus, QuerySession, UserQuery
 from scrapy_checkpoint.settings import CheckpointSettings
 from scrapy_checkpoint.stores import SQLiteCheckpointStore, store_class
@@ -205,6 +206,23 @@ class TestSQLiteStore(StoreContract):
             store.get(cp.checkpoint_id)
         with pytest.raises(CorruptCheckpointError, match=cp.checkpoint_id):
             store.find_resumable("products", "shop.test", "product_catalog")
+
+    def test_processed_requests_drop_their_body(self, store):
+        cp = new_checkpoint()
+        store.create(cp)
+        store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1), discovered(2)], processed=[fp(1)]), TTL)
+        bodies = dict(store.db.execute("SELECT fingerprint, request FROM requests"))
+        assert bodies == {fp(1): None, fp(2): b"request-2"}
+
+    def test_file_of_another_layout_is_refused(self, tmp_path):
+        path = tmp_path / "old.sqlite3"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE checkpoints (checkpoint_id TEXT PRIMARY KEY)")
+        store = SQLiteCheckpointStore(path)
+        with pytest.raises(CheckpointError, match="another scrapy-checkpoint version"):
+            store.open()
+        with sqlite3.connect(path) as db:  # left as it was
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 0
 
     def test_expired_checkpoints_purged_on_open(self, make_store):
         store = make_store()

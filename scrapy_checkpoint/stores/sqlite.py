@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..exceptions import CheckpointError
 from ..models import RESUMABLE, Batch, Checkpoint, utcnow
 from .base import CheckpointStore
 
@@ -16,10 +17,17 @@ if TYPE_CHECKING:
     from ..settings import CheckpointSettings
 
 FILENAME = "checkpoints.sqlite3"
+#: PRAGMA user_version of the layout below; a file of another version is refused, not mangled.
+SCHEMA_VERSION = 1
+#: WAL size that wakes the checkpointing thread early (it also runs every second).
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
 
+# Rows refer to their checkpoint by its integer key: a 36-character UUID repeated in every
+# row and index entry would make up much of a large file.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
-    checkpoint_id TEXT PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
+    checkpoint_id TEXT NOT NULL UNIQUE,
     spider TEXT NOT NULL,
     site_domain TEXT NOT NULL,
     job_type TEXT NOT NULL,
@@ -33,25 +41,25 @@ CREATE INDEX IF NOT EXISTS checkpoints_job
     ON checkpoints (spider, site_domain, job_type, status, updated_at);
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY,
-    checkpoint_id TEXT NOT NULL,
+    checkpoint INTEGER NOT NULL,
     fingerprint BLOB NOT NULL,
     url TEXT,
     request BLOB,
     processed INTEGER NOT NULL DEFAULT 0,
     start INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (checkpoint_id, fingerprint)
+    UNIQUE (checkpoint, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS requests_pending
-    ON requests (checkpoint_id, id) WHERE processed = 0;
+    ON requests (checkpoint, id) WHERE processed = 0;
 CREATE INDEX IF NOT EXISTS requests_processed
-    ON requests (checkpoint_id, fingerprint) WHERE processed = 1;
+    ON requests (checkpoint, fingerprint) WHERE processed = 1;
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,
-    checkpoint_id TEXT NOT NULL,
+    checkpoint INTEGER NOT NULL,
     item_type TEXT NOT NULL,
     item TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS items_checkpoint ON items (checkpoint_id);
+CREATE INDEX IF NOT EXISTS items_checkpoint ON items (checkpoint);
 """
 
 
@@ -66,14 +74,18 @@ class SQLiteCheckpointStore(CheckpointStore):
 
     name = "sqlite"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, timeout: float = 5.0) -> None:
         self.path = Path(path)
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._wal = Path(f"{self.path}-wal")
+        self._wal_grew = threading.Event()
+        self._checkpointer: threading.Thread | None = None
 
     @classmethod
     def from_checkpoint_settings(cls, settings: CheckpointSettings) -> SQLiteCheckpointStore:
-        return cls(settings.directory / FILENAME)
+        return cls(settings.directory / FILENAME, settings.store_timeout)
 
     def describe(self) -> str:
         return f"sqlite:{self.path}"
@@ -84,18 +96,67 @@ class SQLiteCheckpointStore(CheckpointStore):
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            db.executescript(_SCHEMA)
+            try:
+                # Another crawl holding the write lock longer than this is a store outage.
+                db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA cache_size=-65536")  # KiB: the unique index stays in memory
+                # WAL checkpoints run in a thread of their own (_checkpoint_wal), not in apply().
+                db.execute("PRAGMA wal_autocheckpoint=0")
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                tables = db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+                if tables and version != SCHEMA_VERSION:
+                    raise CheckpointError(
+                        f"{self.path} holds checkpoints of another scrapy-checkpoint version "
+                        f"(layout {version}, this one reads {SCHEMA_VERSION}); point CHECKPOINT_DIR "
+                        "elsewhere, or move the file away."
+                    )
+                db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+            except BaseException:
+                db.close()
+                raise
             self._db = db
             self._purge_expired()
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_wal, name=f"checkpoint-wal:{self.path.name}", daemon=True
+            )
+            self._checkpointer.start()
 
     def close(self) -> None:
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            db, self._db = self._db, None
+        if db is None:
+            return
+        if self._checkpointer is not None:
+            self._wal_grew.set()  # wakes it to see the store closed
+            self._checkpointer.join()
+            self._checkpointer = None
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave a small file behind
+        finally:
+            db.close()
+
+    def _checkpoint_wal(self) -> None:
+        """Copy the WAL back into the database while apply() goes on.
+
+        Random fingerprints touch pages all over the unique index, so every batch adds
+        megabytes to the WAL; checkpointing it inside apply() made one flush in a few take
+        many times longer than the rest. A PASSIVE checkpoint on a second connection never
+        blocks the writer.
+        """
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            while self._db is not None:
+                self._wal_grew.wait(1.0)
+                self._wal_grew.clear()
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.OperationalError:
+                    pass  # busy: the next wake-up tries again
+        finally:
+            db.close()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -108,12 +169,12 @@ class SQLiteCheckpointStore(CheckpointStore):
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            expired = [r[0] for r in db.execute(
-                "SELECT checkpoint_id FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at < ?",
-                (now,),
+            expired = [r for r in db.execute(
+                "SELECT id FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at < ?", (now,)
             )]
-            for table in ("requests", "items", "checkpoints"):
-                db.executemany(f"DELETE FROM {table} WHERE checkpoint_id = ?", [(c,) for c in expired])
+            for table in ("requests", "items"):
+                db.executemany(f"DELETE FROM {table} WHERE checkpoint = ?", expired)
+            db.executemany("DELETE FROM checkpoints WHERE id = ?", expired)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -121,7 +182,12 @@ class SQLiteCheckpointStore(CheckpointStore):
 
     def _write_record(self, checkpoint: Checkpoint) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO checkpoints (checkpoint_id, spider, site_domain, job_type, status, seq,"
+            " updated_at, expires_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (checkpoint_id) DO UPDATE SET spider = excluded.spider,"
+            " site_domain = excluded.site_domain, job_type = excluded.job_type,"
+            " status = excluded.status, seq = excluded.seq, updated_at = excluded.updated_at,"
+            " expires_at = excluded.expires_at, record = excluded.record",
             (
                 checkpoint.checkpoint_id,
                 checkpoint.spider,
@@ -134,6 +200,19 @@ class SQLiteCheckpointStore(CheckpointStore):
                 checkpoint.model_dump_json(),
             ),
         )
+
+    def _wal_size(self) -> int:
+        try:
+            return self._wal.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _key(self, checkpoint_id: str) -> int:
+        """The integer key of a checkpoint (-1, which no row has, for an unknown one)."""
+        row = self.db.execute(
+            "SELECT id FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,)
+        ).fetchone()
+        return -1 if row is None else row[0]
 
     def _read_record(self, checkpoint_id: str, record: str) -> Checkpoint:
         return Checkpoint.parse(record, checkpoint_id=checkpoint_id, where=self.describe())
@@ -154,7 +233,7 @@ class SQLiteCheckpointStore(CheckpointStore):
             row = self.db.execute(
                 "SELECT checkpoint_id, record FROM checkpoints"
                 " WHERE spider = ? AND site_domain = ? AND job_type = ? AND status IN (?, ?)"
-                " ORDER BY updated_at DESC, rowid DESC LIMIT 1",
+                " ORDER BY updated_at DESC, id DESC LIMIT 1",
                 (spider, site_domain, job_type, *(s.value for s in RESUMABLE)),
             ).fetchone()
         return None if row is None else self._read_record(row[0], row[1])
@@ -169,37 +248,41 @@ class SQLiteCheckpointStore(CheckpointStore):
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        if self._wal_size() > WAL_CHECKPOINT_BYTES:
+            self._wal_grew.set()
 
     def _apply(self, db: sqlite3.Connection, checkpoint_id: str, batch: Batch, ttl: float) -> None:
         row = db.execute(
-            "SELECT record FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,)
+            "SELECT id, record FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,)
         ).fetchone()
         if row is None:
             raise KeyError(f"checkpoint {checkpoint_id} is not in {self.describe()}")
-        checkpoint = self._read_record(checkpoint_id, row[0])
+        key = row[0]
+        checkpoint = self._read_record(checkpoint_id, row[1])
         if batch.seq <= checkpoint.seq:
             return  # already applied (a retried flush)
         discovered = db.executemany(
-            "INSERT OR IGNORE INTO requests (checkpoint_id, fingerprint, url, request, start)"
+            "INSERT OR IGNORE INTO requests (checkpoint, fingerprint, url, request, start)"
             " VALUES (?, ?, ?, ?, ?)",
-            [(checkpoint_id, r.fingerprint, r.url, r.data, r.start) for r in batch.discovered],
+            [(key, r.fingerprint, r.url, r.data, r.start) for r in batch.discovered],
         ).rowcount
-        fingerprints = [(checkpoint_id, fp) for fp in batch.processed]
+        fingerprints = [(key, fp) for fp in batch.processed]
+        # A processed request is never rebuilt: its body goes, half of a row.
         processed = db.executemany(
-            "UPDATE requests SET processed = 1"
-            " WHERE checkpoint_id = ? AND fingerprint = ? AND processed = 0",
+            "UPDATE requests SET processed = 1, request = NULL"
+            " WHERE checkpoint = ? AND fingerprint = ? AND processed = 0",
             fingerprints,
         ).rowcount
         # A request processed without a record (it could not be serialized) still has to
         # be known as processed, so that a resume does not redo it.
         unknown = db.executemany(
-            "INSERT OR IGNORE INTO requests (checkpoint_id, fingerprint, processed) VALUES (?, ?, 1)",
+            "INSERT OR IGNORE INTO requests (checkpoint, fingerprint, processed) VALUES (?, ?, 1)",
             fingerprints,
         ).rowcount
         if batch.items:
             db.executemany(
-                "INSERT INTO items (checkpoint_id, item_type, item) VALUES (?, ?, ?)",
-                [(checkpoint_id, t, json.dumps(i, default=str)) for t, i in batch.items],
+                "INSERT INTO items (checkpoint, item_type, item) VALUES (?, ?, ?)",
+                [(key, t, json.dumps(i, default=str)) for t, i in batch.items],
             )
         batch.apply_to(
             checkpoint, discovered=discovered + unknown, processed=processed + unknown, ttl=ttl
@@ -210,20 +293,20 @@ class SQLiteCheckpointStore(CheckpointStore):
         # In order, from a covering index: no table lookups, no sort.
         yield from self._fingerprints(
             "SELECT fingerprint FROM requests INDEXED BY requests_processed"
-            " WHERE checkpoint_id = ? AND processed = 1 ORDER BY fingerprint",
+            " WHERE checkpoint = ? AND processed = 1 ORDER BY fingerprint",
             checkpoint_id,
         )
 
     def pending_start_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
         yield from self._fingerprints(
-            "SELECT fingerprint FROM requests WHERE checkpoint_id = ? AND processed = 0 AND start = 1",
+            "SELECT fingerprint FROM requests WHERE checkpoint = ? AND processed = 0 AND start = 1",
             checkpoint_id,
         )
 
     def _fingerprints(self, query: str, checkpoint_id: str) -> Iterator[bytes]:
         """Stream the rows a page at a time, never the whole result in memory at once."""
         with self._lock:
-            cursor = self.db.execute(query, (checkpoint_id,))
+            cursor = self.db.execute(query, (self._key(checkpoint_id),))
             while rows := cursor.fetchmany(10_000):
                 for (fp,) in rows:
                     yield fp
@@ -234,16 +317,16 @@ class SQLiteCheckpointStore(CheckpointStore):
         with self._lock:
             rows = self.db.execute(
                 "SELECT id, request FROM requests INDEXED BY requests_pending"
-                " WHERE checkpoint_id = ? AND processed = 0 AND id > ? ORDER BY id LIMIT ?",
-                (checkpoint_id, after or 0, limit),
+                " WHERE checkpoint = ? AND processed = 0 AND id > ? ORDER BY id LIMIT ?",
+                (self._key(checkpoint_id), after or 0, limit),
             ).fetchall()
         return [r for _, r in rows if r is not None], (rows[-1][0] if rows else after)
 
     def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         with self._lock:
             rows = self.db.execute(
-                "SELECT item_type, item FROM items WHERE checkpoint_id = ? ORDER BY id",
-                (checkpoint_id,),
+                "SELECT item_type, item FROM items WHERE checkpoint = ? ORDER BY id",
+                (self._key(checkpoint_id),),
             ).fetchall()
         for item_type, item in rows:
             yield item_type, json.loads(item)
