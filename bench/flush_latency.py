@@ -1,0 +1,580 @@
+"""Latency of one flush (``store.apply``) per store, batch size and checkpoint size.
+
+For every prefill level, each store gets a new checkpoint filled to that many URL records
+(through ``apply`` in large batches; for MongoDB, and the MongoDB side of the hybrid store,
+by bulk inserts into the store's own collections unless ``--prefill-mode apply``), then the
+batch sizes are measured one after the other, the stores interleaved (a new random order
+each repeat). Only the ``apply`` call is timed, from the main thread; its batch is built
+beforehand.
+
+A batch is a realistic mix for a product crawl: per product page, one discovered request
+(a real ``scrapy.Request(...).to_dict()`` pickled as ``_serialization.py`` does, about 300
+bytes), one processed fingerprint (of the page discovered ``--lag`` pages earlier) and one
+item count. Fingerprints are SHA-1 digests, like Scrapy's. The checkpoint grows by the
+measured batches themselves: the table shows its size at the start and at the end of each
+cell.
+
+Per store and prefill level it also times the recovery lookup: ``find_resumable`` and
+``get`` (median of ``--lookups``), and, once, the full read of the processed fingerprints
+and the first page of pending requests that a resume does next.
+
+A prefill that would take longer than ``--prefill-budget`` at the rate measured so far is
+abandoned, and its cells are printed as ``n/a (reason)``; a cell stops repeating once a
+store has spent ``--cell-budget`` seconds in it. Last line: ``BENCH_JSON {...}``.
+
+    python bench/flush_latency.py --sizes 100,500,5000 --prefill 0,1000000,5000000 --repeats 200
+    python bench/flush_latency.py --prefill 0,20000 --repeats 30 --stores sqlite,redis
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib
+import json
+import pickle
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import scrapy  # noqa: E402
+from scrapy.settings import Settings  # noqa: E402
+
+from _services import mongo_server, redis_server  # noqa: E402
+from scrapy_checkpoint.models import Batch, Checkpoint, DiscoveredRequest  # noqa: E402
+from scrapy_checkpoint.settings import CheckpointSettings  # noqa: E402
+from scrapy_checkpoint.stores import CheckpointStore, store_class  # noqa: E402
+
+STORES = ("sqlite", "redis", "mongodb", "hybrid")
+SPIDER, SITE, JOB = "products", "shop.example.com", "bench"
+ITEM_TYPE = "Product"
+# Fixed-width product numbers: the URL is swapped into the pickled template in place.
+URL = "https://shop.example.com/product/{:010d}.html"
+PLACEHOLDER = URL.format(0).replace("0000000000", "XXXXXXXXXX")
+# The timeout of the store instance that prefills: bulk batches are far larger than flushes.
+PREFILL_TIMEOUT = 600.0
+
+
+class BenchSpider(scrapy.Spider):
+    name = SPIDER
+
+    def parse_product(self, response: Any) -> None:
+        pass
+
+
+def request_template() -> bytes:
+    """A product request as the extension stores it, with PLACEHOLDER as its URL."""
+    spider = BenchSpider()
+    request = scrapy.Request(
+        PLACEHOLDER,
+        callback=spider.parse_product,
+        headers={"Referer": "https://shop.example.com/c/07?page=3"},
+        meta={"depth": 2},
+    )
+    data = pickle.dumps(request.to_dict(spider=spider), protocol=pickle.HIGHEST_PROTOCOL)
+    assert data.count(PLACEHOLDER.encode()) == 1
+    return data
+
+
+class Workload:
+    """The pages of one checkpoint, in order: page *i* discovers URL *i*, marks URL
+    *i - lag* processed, and scrapes one item: three events (two for the first *lag*)."""
+
+    def __init__(self, template: bytes, lag: int) -> None:
+        self.template = template
+        self.placeholder = PLACEHOLDER.encode()
+        self.lag = lag
+        self.seq = 0
+        self.page = 0
+        self.part = 0  # the next event of the current page: 0 discover, 1 process, 2 item
+
+    @property
+    def records(self) -> int:
+        """URL records sent so far (each page discovers one new URL)."""
+        return self.page + (self.part > 0)
+
+    def url(self, number: int) -> str:
+        return URL.format(number)
+
+    def fingerprint(self, number: int) -> bytes:
+        return hashlib.sha1(self.url(number).encode()).digest()  # noqa: S324 - like Scrapy's
+
+    def request(self, url: str) -> bytes:
+        return self.template.replace(self.placeholder, url.encode())
+
+    def batch(self, events: int, stop_records: int | None = None) -> Batch:
+        """The next *events* events, or fewer when *stop_records* URLs are reached."""
+        self.seq += 1
+        batch = Batch(seq=self.seq, pipeline_step=4)
+        count = items = 0
+        while count < events:
+            page, part = self.page, self.part
+            if part == 0:
+                if stop_records is not None and page >= stop_records:
+                    break
+                url = self.url(page)
+                batch.discovered.append(DiscoveredRequest(self.fingerprint(page), url, self.request(url)))
+                count += 1
+            elif part == 1:
+                if page >= self.lag:
+                    batch.processed.append(self.fingerprint(page - self.lag))
+                    count += 1
+            else:
+                items += 1
+                count += 1
+            self.part = (part + 1) % 3
+            if self.part == 0:
+                self.page += 1
+        if items:
+            batch.item_counts[ITEM_TYPE] = items
+        return batch
+
+
+@dataclass
+class Services:
+    redis_url: str | None
+    mongo_uri: str | None
+
+
+def checkpoint_settings(kind: str, workdir: Path, services: Services, timeout: float, tag: str) -> CheckpointSettings:
+    values: dict[str, Any] = {
+        "CHECKPOINT_ENABLED": True,
+        "CHECKPOINT_DIR": str(workdir / "sqlite"),
+        "CHECKPOINT_STORE_TIMEOUT": timeout,
+    }
+    if kind in ("redis", "hybrid"):
+        values["CHECKPOINT_REDIS_URL"] = services.redis_url
+        values["CHECKPOINT_REDIS_PREFIX"] = f"bench-{tag}"
+    if kind in ("mongodb", "hybrid"):
+        values["CHECKPOINT_MONGO_URI"] = services.mongo_uri
+        values["CHECKPOINT_MONGO_DATABASE"] = f"bench_{tag}"
+    return CheckpointSettings.from_settings(Settings(values))
+
+
+def unavailable(kind: str, services: Services) -> str | None:
+    """Why *kind* cannot run here, or None."""
+    if kind in ("redis", "hybrid") and not services.redis_url:
+        return "no redis-server"
+    if kind in ("mongodb", "hybrid") and not services.mongo_uri:
+        return "no MongoDB endpoint"
+    if kind == "hybrid":
+        try:
+            importlib.import_module("scrapy_checkpoint.stores.hybrid")
+        except ImportError as exc:
+            return f"hybrid store not importable: {exc}"
+    return None
+
+
+def make_store(kind: str, workdir: Path, services: Services, timeout: float, tag: str) -> CheckpointStore:
+    """A store built the way the extension builds it (store_class + from_checkpoint_settings)."""
+    settings = checkpoint_settings(kind, workdir, services, timeout, tag)
+    store = store_class(settings).from_checkpoint_settings(settings)
+    if kind != "hybrid" and store.name != kind:
+        raise RuntimeError(f"asked for the {kind} store, got {store.name}")
+    return store
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100): a value that was measured."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary(seconds: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {"p50_ms": round(statistics.median(ms), 3), "p95_ms": round(percentile(ms, 95), 3),
+            "p99_ms": round(percentile(ms, 99), 3), "max_ms": round(max(ms), 3)}
+
+
+@dataclass
+class Contender:
+    """One store at one prefill level: its own checkpoint and workload."""
+
+    kind: str
+    store: CheckpointStore | None = None
+    checkpoint_id: str | None = None
+    workload: Workload | None = None
+    skipped: str | None = None
+    ttl: float = 48 * 3600.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def records(self) -> int:
+        """The URL count the store itself reports."""
+        assert self.store is not None and self.checkpoint_id is not None
+        checkpoint = self.store.get(self.checkpoint_id)
+        assert checkpoint is not None
+        return checkpoint.pipeline_data.urls_discovered
+
+
+class Progress:
+    """Prefill progress against a time budget: says when to give up, and why."""
+
+    def __init__(self, kind: str, target: int, budget: float) -> None:
+        self.kind, self.target, self.budget = kind, target, budget
+        self.started = time.perf_counter()
+        self.rate = 0.0
+        self.reason: str | None = None
+
+    def __call__(self, phase: str, done: int, phase_started: float) -> bool:
+        now = time.perf_counter()
+        self.rate = done / max(now - phase_started, 1e-9)
+        print(f"  prefill {self.kind} ({phase}): {done:,}/{self.target:,} records, {self.rate:,.0f}/s",
+              file=sys.stderr)
+        projected = (phase_started - self.started) + self.target / self.rate
+        if done < self.target and projected > self.budget:
+            self.reason = (f"prefill impractical: {phase} at {self.rate:,.0f} records/s (measured over "
+                           f"{done:,}) would take {projected / 60:,.0f} min > --prefill-budget {self.budget:g} s")
+            return False
+        return True
+
+
+def fill_by_apply(store: CheckpointStore, checkpoint_id: str, workload: Workload, target: int,
+                  chunk: int, ttl: float, progress: Progress, phase: str) -> bool:
+    started = time.perf_counter()
+    while workload.records < target:
+        store.apply(checkpoint_id, workload.batch(chunk, stop_records=target), ttl)
+        if not progress(phase, workload.records, started):
+            return False
+    return True
+
+
+def fill_mongodb_directly(store: CheckpointStore, checkpoint_id: str, workload: Workload, target: int,
+                          seq: int, chunk: int, ttl: float, progress: Progress) -> bool:
+    """Insert the URL documents the workload's first *target* pages leave, in bulk, and set the
+    record's counters as apply would have: the MongoDB store's own collections and shapes."""
+    from bson import Binary
+
+    from scrapy_checkpoint.models import expiry, utcnow
+    from scrapy_checkpoint.stores import mongodb
+
+    db = store.db  # type: ignore[attr-defined]
+    base = seq << mongodb._POS_BITS
+    done_below = target - workload.lag  # pages lag.. mark URLs 0..target-lag-1 processed
+    started = time.perf_counter()
+    for first in range(0, target, chunk):
+        docs = []
+        for number in range(first, min(target, first + chunk)):
+            fp, url = workload.fingerprint(number), workload.url(number)
+            docs.append({"_id": mongodb._url_id(checkpoint_id, fp), "checkpoint_id": checkpoint_id,
+                         "fingerprint": Binary(fp), "url": url, "request": Binary(workload.request(url)),
+                         "processed": number < done_below, "start": False, "pos": base + number})
+        db[mongodb.URLS].insert_many(docs, ordered=False)
+        if not progress("direct insert", first + len(docs), started):
+            return False
+    now = utcnow()
+    db[mongodb.CHECKPOINTS].update_one({"checkpoint_id": checkpoint_id}, {"$set": {
+        "seq": seq, "pipeline_step": 4, "updated_at": now, "expires_at": expiry(now, ttl),
+        "pipeline_data.urls_discovered": target,
+        "pipeline_data.urls_processed": max(0, done_below),
+        "pipeline_data.extraction_results.items_scraped": target,
+        f"pipeline_data.extraction_results.by_type.{ITEM_TYPE}": target,
+    }})
+    return True
+
+
+def prefill(contender: Contender, target: int, args: argparse.Namespace, slow_rates: dict[str, float],
+            workdir: Path, services: Services, tag: str) -> None:
+    """Fill the contender's checkpoint to *target* URLs, from a store instance with a long
+    timeout: through apply in batches of --prefill-chunk events, or, for MongoDB (and the
+    MongoDB side of the hybrid store) with --prefill-mode direct, by bulk inserts. Give up
+    when the rate measured so far says it would outlast --prefill-budget."""
+    kind, budget = contender.kind, args.prefill_budget
+    rate = slow_rates.get(kind)
+    if rate and target / rate > budget:
+        contender.skipped = (f"prefill impractical: {rate:,.0f} records/s measured at a lower level, "
+                             f"{target / rate / 60:,.0f} min > --prefill-budget {budget:g} s")
+        return
+    if target == 0:
+        return
+    workload, cid, ttl = contender.workload, contender.checkpoint_id, contender.ttl
+    assert workload is not None and cid is not None
+    filler = make_store(kind, workdir, services, PREFILL_TIMEOUT, tag)
+    filler.open()
+    progress = Progress(kind, target, budget)
+    chunk = args.prefill_chunk
+    try:
+        mongo_side = None
+        if args.prefill_mode == "direct":
+            if kind == "mongodb":
+                mongo_side = filler
+            elif kind == "hybrid":
+                mongo_side = getattr(getattr(filler, "mongodb", None), "store", None)
+                redis_side = getattr(getattr(filler, "redis", None), "store", None)
+                if mongo_side is None or redis_side is None:
+                    mongo_side = None  # another hybrid layout: fill it through apply
+        if mongo_side is None:
+            ok = fill_by_apply(filler, cid, workload, target, chunk, ttl, progress, "apply")
+        elif kind == "mongodb":
+            workload.seq += 1
+            ok = fill_mongodb_directly(mongo_side, cid, workload, target, workload.seq, chunk // 3, ttl, progress)
+            workload.page, workload.part = target, 0
+        else:
+            ok = (fill_by_apply(redis_side, cid, workload, target, chunk, ttl, progress, "Redis side, apply")
+                  and fill_mongodb_directly(mongo_side, cid, workload, target, workload.seq, chunk // 3, ttl,
+                                            progress))
+    finally:
+        filler.close()
+    elapsed = time.perf_counter() - progress.started
+    contender.extra.update(prefill_s=round(elapsed, 2), prefill_rate=round(target / elapsed),
+                           prefill_mode="apply" if mongo_side is None else "direct")
+    if not ok:
+        slow_rates[kind] = progress.rate
+        contender.skipped = progress.reason
+        return
+    slow_rates[kind] = target / elapsed
+
+
+def recovery(contender: Contender, lookups: int, scan: bool) -> dict[str, Any]:
+    """What a resume asks the store first, timed on the prefilled checkpoint."""
+    store, cid = contender.store, contender.checkpoint_id
+    assert store is not None and cid is not None
+    find, get = [], []
+    for _ in range(lookups):
+        started = time.perf_counter()
+        found = store.find_resumable(SPIDER, SITE, JOB)
+        find.append(time.perf_counter() - started)
+        if found is None or found.checkpoint_id != cid:
+            raise RuntimeError(f"{contender.kind}: find_resumable returned {found and found.checkpoint_id}, "
+                               f"not the newest checkpoint {cid}")
+        started = time.perf_counter()
+        store.get(cid)
+        get.append(time.perf_counter() - started)
+    result: dict[str, Any] = {
+        "find_resumable_ms": round(statistics.median(find) * 1000, 3),
+        "get_ms": round(statistics.median(get) * 1000, 3),
+        "lookup_ms": round(statistics.median(f + g for f, g in zip(find, get)) * 1000, 3),
+    }
+    if not scan:
+        return result
+    # What a resume reads next, with the measured store's timeout: a failure is a result.
+    started = time.perf_counter()
+    try:
+        processed = sum(1 for _ in store.processed_fingerprints(cid))
+    except Exception as exc:
+        result["load_processed_error"] = failure(exc, started)
+    else:
+        result["processed_fps"] = processed
+        result["load_processed_s"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
+    try:
+        page, _ = store.pending_requests(cid, None, 1000)
+    except Exception as exc:
+        result["first_pending_page_error"] = failure(exc, started)
+    else:
+        result["first_pending_page_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        result["first_pending_page_n"] = len(page)
+    return result
+
+
+def failure(exc: Exception, started: float) -> str:
+    return f"{type(exc).__name__} after {time.perf_counter() - started:.1f} s: {str(exc)[:160]}"
+
+
+def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: float,
+                 rng: random.Random) -> dict[str, dict[str, Any]]:
+    """Apply *repeats* batches of *size* events per contender, interleaved."""
+    live = [c for c in contenders if c.skipped is None]
+    times: dict[str, list[float]] = {c.kind: [] for c in live}
+    spent: dict[str, float] = {c.kind: 0.0 for c in live}
+    errors: dict[str, list[str]] = {c.kind: [] for c in live}
+    start = {c.kind: c.records() for c in live}
+    for _ in range(repeats):
+        order = [c for c in live if spent[c.kind] < budget and len(errors[c.kind]) < 5]
+        if not order:
+            break
+        rng.shuffle(order)
+        for contender in order:
+            assert contender.workload is not None and contender.store is not None
+            batch = contender.workload.batch(size)
+            started = time.perf_counter()
+            try:
+                contender.store.apply(contender.checkpoint_id, batch, contender.ttl)
+            except Exception as exc:  # a timeout is a result too: counted, reported
+                errors[contender.kind].append(f"{type(exc).__name__}: {exc}"[:200])
+                # A failed batch is retried with the same seq by the extension; here the
+                # workload goes on, and the store skips nothing it did not apply.
+            else:
+                times[contender.kind].append(time.perf_counter() - started)
+            spent[contender.kind] += time.perf_counter() - started
+    out: dict[str, dict[str, Any]] = {}
+    for contender in live:
+        kind = contender.kind
+        row: dict[str, Any] = {"n": len(times[kind]), "records_start": start[kind],
+                               "records_end": contender.records(), "errors": len(errors[kind])}
+        if errors[kind]:
+            row["first_error"] = errors[kind][0]
+        if len(times[kind]) < repeats:
+            row["note"] = (f"stopped after {len(times[kind])} batches "
+                           f"({'errors' if len(errors[kind]) >= 5 else '--cell-budget'})")
+        if times[kind]:
+            row.update(summary(times[kind]))
+        out[kind] = row
+    return out
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def print_tables(cells: list[dict[str, Any]], recoveries: list[dict[str, Any]], prefills: list[dict[str, Any]],
+                 request_bytes: int) -> None:
+    print("\nprefill (not a result: how the checkpoints were filled)")
+    print(f"{'store':<9}{'prefill':>10}{'mode':>8}{'seconds':>10}{'records/s':>11}")
+    for row in prefills:
+        if row["prefill"] == 0:
+            continue
+        line = f"{row['store']:<9}{row['prefill']:>10,}{row.get('prefill_mode', '-'):>8}"
+        if "prefill_s" in row:
+            line += f"{row['prefill_s']:>10,.1f}{row['prefill_rate']:>11,}"
+        print(line + (f"  {row['skipped']}" if row.get("skipped") else ""))
+    print(f"\nstore.apply latency per batch (ms); request body {request_bytes} bytes; "
+          "records = URL records of the checkpoint at the start -> end of the cell")
+    print(f"{'store':<9}{'prefill':>10}{'size':>7}{'n':>6}{'records':>24}"
+          f"{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}")
+    for cell in cells:
+        head = f"{cell['store']:<9}{cell['prefill']:>10,}{cell['size']:>7,}"
+        if "skipped" in cell:
+            print(f"{head}  n/a ({cell['skipped']})")
+            continue
+        records = f"{cell['records_start']:,} -> {cell['records_end']:,}"
+        print(f"{head}{cell['n']:>6}{records:>24}{fmt_ms(cell.get('p50_ms')):>10}"
+              f"{fmt_ms(cell.get('p95_ms')):>10}{fmt_ms(cell.get('p99_ms')):>10}{fmt_ms(cell.get('max_ms')):>10}"
+              + (f"  {cell['note']}" if "note" in cell else "")
+              + (f"  errors: {cell['errors']} ({cell['first_error']})" if cell.get("errors") else ""))
+    print("\nrecovery lookup on the prefilled checkpoint (medians); load = every processed "
+          "fingerprint (once), page = first 1000 pending requests (once)")
+    print(f"{'store':<9}{'prefill':>10}{'find ms':>10}{'get ms':>10}{'both ms':>10}"
+          f"{'processed':>12}{'load s':>9}{'page ms':>10}")
+    for rec in recoveries:
+        head = f"{rec['store']:<9}{rec['prefill']:>10,}"
+        if "skipped" in rec:
+            print(f"{head}  n/a ({rec['skipped']})")
+            continue
+        if "lookup_error" in rec:
+            print(f"{head}  n/a ({rec['lookup_error']})")
+            continue
+        load = f"{rec['load_processed_s']:.2f}" if "load_processed_s" in rec else "-"
+        errors = "; ".join(f"{what}: {rec[key]}" for what, key in (
+            ("load", "load_processed_error"), ("page", "first_pending_page_error")) if key in rec)
+        print(f"{head}{fmt_ms(rec['find_resumable_ms']):>10}{fmt_ms(rec['get_ms']):>10}"
+              f"{fmt_ms(rec['lookup_ms']):>10}{rec.get('processed_fps', 0):>12,}"
+              f"{load:>9}{fmt_ms(rec.get('first_pending_page_ms')):>10}" + (f"  {errors}" if errors else ""))
+
+
+def ints(text: str) -> list[int]:
+    return [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=ints, default=[100, 500, 5000], help="events per batch")
+    parser.add_argument("--prefill", type=ints, default=[0, 1_000_000, 5_000_000],
+                        help="URL records in the checkpoint before measuring")
+    parser.add_argument("--repeats", type=int, default=200, help="batches per store and cell")
+    parser.add_argument("--stores", default=",".join(STORES), help="comma-separated subset of " + ",".join(STORES))
+    parser.add_argument("--lag", type=int, default=1000, help="pages between a URL's discovery and processing")
+    parser.add_argument("--lookups", type=int, default=20, help="recovery lookups per store and level (median)")
+    parser.add_argument("--no-scan", action="store_true", help="skip the full read of processed fingerprints")
+    parser.add_argument("--timeout", type=float, default=5.0, help="CHECKPOINT_STORE_TIMEOUT of the measured stores")
+    parser.add_argument("--prefill-chunk", type=int, default=60_000, help="events per prefill batch")
+    parser.add_argument("--prefill-mode", choices=("direct", "apply"), default="direct",
+                        help="direct: bulk inserts into the MongoDB collections (MongoDB and the MongoDB "
+                             "side of hybrid; the others always prefill through apply)")
+    parser.add_argument("--prefill-budget", type=float, default=600.0,
+                        help="seconds a store may take to prefill one level; slower is skipped")
+    parser.add_argument("--cell-budget", type=float, default=600.0,
+                        help="seconds a store may spend in one (size, prefill) cell")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="where the stores live (default: a temp dir)")
+    args = parser.parse_args(argv)
+    kinds = [k for k in args.stores.split(",") if k]
+    for kind in kinds:
+        if kind not in STORES:
+            parser.error(f"unknown store {kind!r}; choose from {','.join(STORES)}")
+    rng = random.Random(args.seed)
+    template = request_template()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-flush-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    cells: list[dict[str, Any]] = []
+    recoveries: list[dict[str, Any]] = []
+    prefills: list[dict[str, Any]] = []
+    run = uuid.uuid4().hex[:8]
+    try:
+        with contextlib.ExitStack() as stack:
+            redis_url = stack.enter_context(redis_server(workdir)) if {"redis", "hybrid"} & set(kinds) else None
+            mongo_uri = stack.enter_context(mongo_server(workdir)) if {"mongodb", "hybrid"} & set(kinds) else None
+            services = Services(redis_url, mongo_uri)
+            slow_rates: dict[str, float] = {}
+            for level in args.prefill:
+                contenders = []
+                for kind in kinds:
+                    contender = Contender(kind)
+                    contenders.append(contender)
+                    contender.skipped = unavailable(kind, services)
+                    if contender.skipped:
+                        continue
+                    tag = f"{run}_{kind}"
+                    contender.store = make_store(kind, workdir, services, args.timeout, tag)
+                    contender.store.open()
+                    stack.callback(contender.store.close)
+                    checkpoint = Checkpoint.new(ttl=contender.ttl, spider=SPIDER, site_domain=SITE, job_type=JOB)
+                    contender.store.create(checkpoint)
+                    contender.checkpoint_id = checkpoint.checkpoint_id
+                    contender.workload = Workload(template, args.lag)
+                    print(f"prefill {kind} to {level:,} records", file=sys.stderr)
+                    prefill(contender, level, args, slow_rates, workdir, services, tag)
+                    prefills.append({"store": kind, "prefill": level, "skipped": contender.skipped,
+                                     **contender.extra})
+                    if contender.skipped:
+                        print(f"  {kind}: {contender.skipped}", file=sys.stderr)
+                for contender in contenders:
+                    rec: dict[str, Any] = {"store": contender.kind, "prefill": level}
+                    if contender.skipped:
+                        rec["skipped"] = contender.skipped
+                    else:
+                        try:
+                            rec.update(recovery(contender, args.lookups, not args.no_scan))
+                        except Exception as exc:  # a store that cannot answer: reported, not fatal
+                            rec["lookup_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    recoveries.append(rec)
+                for size in args.sizes:
+                    print(f"measure prefill {level:,}, size {size:,}", file=sys.stderr)
+                    rows = measure_cell(contenders, size, args.repeats, args.cell_budget, rng)
+                    for contender in contenders:
+                        cell: dict[str, Any] = {"store": contender.kind, "prefill": level, "size": size}
+                        if contender.skipped:
+                            cell["skipped"] = contender.skipped
+                        else:
+                            cell.update(rows[contender.kind])
+                        cells.append(cell)
+                for contender in contenders:
+                    if contender.store is not None:
+                        contender.store.close()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_tables(cells, recoveries, prefills, len(template))
+    print("BENCH_JSON " + json.dumps({
+        "bench": "flush_latency", "sizes": args.sizes, "prefill": args.prefill, "repeats": args.repeats,
+        "stores": kinds, "lag": args.lag, "timeout": args.timeout, "request_bytes": len(template),
+        "cells": cells, "recovery": recoveries, "prefills": prefills,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
