@@ -2,7 +2,7 @@
 
 Builds, once per contender, the state a crawl leaves after discovering N URLs and processing
 P of them: a checkpoint in each store (written through the store's own ``apply`` in large
-batches, with requests serialized by ``request_to_bytes``), and a Scrapy ``JOBDIR`` (written
+batches, with requests serialized by ``RequestSerializer``), and a Scrapy ``JOBDIR`` (written
 by Scrapy's own scheduler, dupefilter and disk queues). The URLs are the product pages of a
 demo shop this benchmark serves on 127.0.0.1 and that records when each request arrives.
 
@@ -144,7 +144,7 @@ class Synthetic:
         from scrapy.utils.test import get_crawler
         from shop.spiders.products import ProductsSpider
 
-        from scrapy_checkpoint._serialization import request_to_bytes
+        from scrapy_checkpoint._serialization import RequestSerializer
 
         self.n, self.p, self.base_url = discovered, processed, base_url
         self.crawler = get_crawler(ProductsSpider, {"CHECKPOINT_ENABLED": False})
@@ -160,11 +160,12 @@ class Synthetic:
         # 20 bytes per URL in one blob: the same fingerprints serve every contender.
         self.fps = b"".join(fingerprint(Request(self.url(i))) for i in range(self.n))
         self.fingerprint_seconds = time.perf_counter() - started
-        self._home = request_to_bytes(self.request(0), self.spider)
+        request_to_bytes = RequestSerializer(self.spider).dumps
+        self._home = request_to_bytes(self.request(0))
         self._template = self.request(1).to_dict(spider=self.spider)
         for i in {1, self.n // 2, self.n - 1} - {0}:
-            if self.data(i) != request_to_bytes(self.request(i), self.spider):
-                raise AssertionError(f"the serialized request of id {i} differs from request_to_bytes")
+            if self.data(i) != request_to_bytes(self.request(i)):
+                raise AssertionError(f"the serialized request of id {i} differs from RequestSerializer's")
 
     def url(self, i: int) -> str:
         return self.base_url if i == 0 else f"{self.base_url}/product/{i}"
@@ -192,7 +193,7 @@ class Synthetic:
     def data(self, i: int) -> bytes:
         if i == 0:
             return self._home
-        # request_to_bytes of request(i), without building the Request (checked above).
+        # RequestSerializer's bytes of request(i), without building the Request (checked above).
         fields = {**self._template, "url": self.url(i),
                   "headers": {b"Referer": [self.referer(i).encode()]}}
         return pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)

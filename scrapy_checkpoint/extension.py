@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from ._fingerprints import FingerprintSet
 from ._redact import scrub, secrets_of
-from ._serialization import request_from_bytes, request_to_bytes
+from ._serialization import RequestSerializer
 from .exceptions import CheckpointError, CheckpointNotFound, StoreUnavailable
 from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
 from .settings import CheckpointSettings
@@ -92,6 +92,7 @@ class CheckpointExtension:
         self.crawler = crawler
         self.stats = crawler.stats
         self.fingerprint = crawler.request_fingerprinter.fingerprint
+        self.serializer = RequestSerializer(crawler.spider)
         self.store: CheckpointStore = store_class(self.settings).from_checkpoint_settings(self.settings)
         self._secrets = secrets_of(self.settings.redis_url) | secrets_of(self.settings.mongo_uri)
         self.store.stats = crawler.stats
@@ -292,7 +293,7 @@ class CheckpointExtension:
         try:
             for data in chunk:
                 try:
-                    request = request_from_bytes(data, spider)
+                    request = self.serializer.loads(data)
                 except Exception as exc:
                     self._warn_once("reseed", exc, "A pending request could not be rebuilt and is skipped")
                     continue
@@ -318,7 +319,7 @@ class CheckpointExtension:
         if self._reseeding:
             return
         try:
-            data = request_to_bytes(request, spider)
+            data = self.serializer.dumps(request)
         except Exception as exc:
             self._warn_once(
                 "unserializable", exc,
