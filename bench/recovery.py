@@ -441,7 +441,7 @@ def crawl(url: str, settings: dict[str, Any], log: Path, shop: _RecordingShop,
     for line in text.splitlines():
         match = _LINE.match(line)
         if match:
-            created, logger_name, message = float(match[1]), match[2], match[3]
+            created, message = float(match[1]), match[3]
             if message == "Spider opened":
                 moments["opened"] = created
             elif message.startswith("Resuming checkpoint"):

@@ -100,7 +100,6 @@ class CheckpointExtension:
         self.spider_checkpoint: SpiderCheckpoint | None = None
         self._steps: dict[str, int] = dict(getattr(crawler.spidercls, "checkpoint_steps", {}) or {})
         self._page_needles = tuple(f"{p}=" for p in self.settings.page_params)
-        self._seq = 0
         self._batch = Batch(seq=1)
         self._events = 0
         self._unflushed: deque[Batch] = deque()
@@ -162,7 +161,6 @@ class CheckpointExtension:
                          {"store": self.store.describe(), "error": self._scrub(exc)})
             raise CloseSpider("checkpoint_error") from exc
         self.checkpoint = checkpoint
-        self._seq = checkpoint.seq
         if resumed:
             self._restore_started(checkpoint)
         data = checkpoint.pipeline_data
@@ -288,7 +286,6 @@ class CheckpointExtension:
             return
         self._reseed_wanted = False
         chunk, self._reseed_chunk = self._reseed_chunk, None
-        spider = self.crawler.spider
         self._reseeding = True
         try:
             for data in chunk:
@@ -438,9 +435,8 @@ class CheckpointExtension:
         if not (self._events or batch.status or batch.state is not None) and idle:
             return
         self._last_taken = time.monotonic()
-        self._seq = batch.seq
         self._unflushed.append(batch)
-        self._batch = Batch(seq=self._seq + 1)
+        self._batch = Batch(seq=batch.seq + 1)
         self._events = 0
         self._limit_buffer()
 

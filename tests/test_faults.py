@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from .redis_server import RedisServer, find_redis_server
-from .test_e2e import crawl, settings
+from .test_e2e import crawl
 
 pytestmark = pytest.mark.e2e
 
