@@ -12,6 +12,7 @@ crawl. Last line: ``BENCH_JSON {...}``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -52,6 +53,9 @@ def contenders(redis_url: str | None, mongo_uri: str | None) -> dict[str, dict]:
         out["hybrid"] = {"CHECKPOINT_ENABLED": True, "CHECKPOINT_REDIS_URL": redis_url, **mongo}
     if redis_url:
         out["redis"] = {"CHECKPOINT_ENABLED": True, "CHECKPOINT_REDIS_URL": redis_url}
+    if redis_url and importlib.util.find_spec("scrapy_redis") is None:
+        print("scrapy-redis is not installed (pip install -e '.[bench]'): skipping it", file=sys.stderr)
+    elif redis_url:
         out["scrapy-redis"] = {
             "SCHEDULER": "scrapy_redis.scheduler.Scheduler",
             "DUPEFILTER_CLASS": "scrapy_redis.dupefilter.RFPDupeFilter",
