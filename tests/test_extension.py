@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -10,8 +11,9 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import HtmlResponse
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
+from twisted.python.failure import Failure
 
-from scrapy_checkpoint import CheckpointExtension, SpiderCheckpoint
+from scrapy_checkpoint import CheckpointDownloaderMiddleware, CheckpointExtension, SpiderCheckpoint
 from scrapy_checkpoint._fingerprints import FingerprintSet
 from scrapy_checkpoint.models import Batch
 
@@ -221,3 +223,47 @@ def test_idle_crawl_refreshes_ttl(ext):
     ext._last_taken -= ext.settings.ttl / 4 + 1
     ext._take_batch()
     assert len(ext._unflushed) == 1 and len(ext._unflushed[0]) == 0
+
+
+class ErrbackSpider(ShopSpider):
+    def on_error(self, failure):
+        yield Request("http://shop.test/fallback", callback=self.parse_product)
+        yield {"sku": "from-errback"}
+
+
+def downloader_middleware(ext):
+    ext.crawler.extensions.middlewares = (ext,)  # what crawler.get_extension() looks through
+    return build_from_crawler(CheckpointDownloaderMiddleware, ext.crawler)
+
+
+def test_failed_download_without_errback_is_processed(ext):
+    mw = downloader_middleware(ext)
+    request = Request("http://shop.test/down")
+    mw.process_exception(request, ConnectionRefusedError())
+    assert ext._batch.processed == [fp(ext, request)]
+
+
+def test_failed_download_with_errback_waits_for_its_output(tmp_path):
+    crawler = get_crawler(ErrbackSpider, {"CHECKPOINT_ENABLED": True, "CHECKPOINT_DIR": str(tmp_path)})
+    crawler.spider = spider = crawler._create_spider()
+    ext = build_from_crawler(CheckpointExtension, crawler)
+    mw = downloader_middleware(ext)
+    request = Request("http://shop.test/down", errback=spider.on_error)
+    assert ext.serializer.dumps(request)  # saved with its errback, before the failure
+    mw.process_exception(request, ConnectionRefusedError())
+    assert ext._batch.processed == []
+    failure = Failure(ConnectionRefusedError())
+
+    async def consume():
+        output = []
+        async for element in request.errback(failure):
+            if isinstance(element, Request):
+                ext.request_scheduled(element, spider)
+            output.append(element)
+        return output
+
+    output = asyncio.run(consume())
+    assert len(output) == 2 and ext._batch.processed == []  # the item is still in the pipelines
+    ext.item_scraped(output[1], failure)
+    assert ext._batch.processed == [fp(ext, request)]
+    assert [r.url for r in ext._batch.discovered] == ["http://shop.test/fallback"]
