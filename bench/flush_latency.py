@@ -53,6 +53,7 @@ import scrapy  # noqa: E402
 from scrapy.settings import Settings  # noqa: E402
 
 from _services import mongo_server, redis_server  # noqa: E402
+from scrapy_checkpoint.exceptions import StoreUnavailable  # noqa: E402
 from scrapy_checkpoint.models import Batch, Checkpoint, DiscoveredRequest  # noqa: E402
 from scrapy_checkpoint.settings import CheckpointSettings  # noqa: E402
 from scrapy_checkpoint.stores import CheckpointStore, store_class  # noqa: E402
@@ -211,10 +212,15 @@ class Contender:
     ttl: float = 48 * 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def records(self) -> int:
-        """The URL count the store itself reports."""
+    def records(self) -> int | None:
+        """The URL count the store itself reports; None when the store did not answer (the
+        stand-in can take longer than CHECKPOINT_STORE_TIMEOUT on a large database)."""
         assert self.store is not None and self.checkpoint_id is not None
-        checkpoint = self.store.get(self.checkpoint_id)
+        try:
+            checkpoint = self.store.get(self.checkpoint_id)
+        except StoreUnavailable as exc:
+            print(f"  {self.kind}: record count unavailable: {exc}", file=sys.stderr)
+            return None
         assert checkpoint is not None
         return checkpoint.pipeline_data.urls_discovered
 
@@ -449,7 +455,7 @@ def print_tables(cells: list[dict[str, Any]], recoveries: list[dict[str, Any]], 
         if "skipped" in cell:
             print(f"{head}  n/a ({cell['skipped']})")
             continue
-        records = f"{cell['records_start']:,} -> {cell['records_end']:,}"
+        records = " -> ".join("?" if n is None else f"{n:,}" for n in (cell["records_start"], cell["records_end"]))
         print(f"{head}{cell['n']:>6}{records:>24}{fmt_ms(cell.get('p50_ms')):>10}"
               f"{fmt_ms(cell.get('p95_ms')):>10}{fmt_ms(cell.get('p99_ms')):>10}{fmt_ms(cell.get('max_ms')):>10}"
               + (f"  {cell['note']}" if "note" in cell else "")
