@@ -32,8 +32,8 @@ class FingerprintSet:
             previous = fp
             packed += fp
         if not in_order:  # stores that cannot read in order: sort once, here
-            chunks = sorted({bytes(packed[i:i + WIDTH]) for i in range(0, len(packed), WIDTH)})
-            packed = bytearray(b"".join(chunks))
+            chunks = sorted(bytes(packed[i:i + WIDTH]) for i in range(0, len(packed), WIDTH))
+            packed = bytearray(b"".join(fp for fp, previous in zip(chunks, [b"", *chunks]) if fp != previous))
         self._packed = bytes(packed)
         self._count = len(self._packed) // WIDTH
 

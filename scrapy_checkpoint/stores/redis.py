@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 #: The keys of one checkpoint, ``{prefix}:cp:{id}:{kind}``, in the order _APPLY takes them.
 _KINDS = ("record", "requests", "pending", "start", "processed", "items")
 _PAGE = 1000
+#: Set members per SSCAN round trip: a resume reads every processed fingerprint.
+_SCAN_COUNT = 10_000
 
 # Shared by both scripts. Every check comes before the first write, because Redis does not
 # roll a script back when it fails half way: a corrupt key must leave the batch unapplied.
@@ -378,7 +380,7 @@ class RedisCheckpointStore(CheckpointStore):
 
     def _scan(self, checkpoint_id: str, kind: str) -> Iterator[bytes]:
         with self._errors(checkpoint_id):
-            yield from self.client.sscan_iter(self._key(checkpoint_id, kind), count=_PAGE)
+            yield from self.client.sscan_iter(self._key(checkpoint_id, kind), count=_SCAN_COUNT)
 
     def pending_requests(
         self, checkpoint_id: str, after: Any, limit: int
