@@ -132,9 +132,9 @@ class StoreContract:
         store.create(new)
         store.apply(new.checkpoint_id, batch(1), TTL)
         assert store.find_resumable("products", "shop.test", "product_catalog").checkpoint_id == new.checkpoint_id
-        store.set_status(new.checkpoint_id, CheckpointStatus.COMPLETED, 2, TTL)
+        store.apply(new.checkpoint_id, batch(2, status=CheckpointStatus.COMPLETED), TTL)
         assert store.find_resumable("products", "shop.test", "product_catalog").checkpoint_id == old.checkpoint_id
-        store.set_status(old.checkpoint_id, CheckpointStatus.FAILED, 2, TTL)
+        store.apply(old.checkpoint_id, batch(2, status=CheckpointStatus.FAILED), TTL)
         assert store.find_resumable("products", "shop.test", "product_catalog").checkpoint_id == old.checkpoint_id
         assert store.find_resumable("products", "shop.test", "product_detail") is None
         assert store.find_resumable("other", "shop.test", "product_catalog") is None
@@ -281,7 +281,7 @@ class TestRedisStore(StoreContract):
         assert all(0 < ttl <= 10_000 for ttl in self.ttls(client).values())
         store.apply(cp.checkpoint_id, batch(2, discovered=[discovered(2)], processed=[fp(3)]), TTL)
         assert all(10_000 < ttl <= TTL * 1000 for ttl in self.ttls(client).values())
-        store.set_status(cp.checkpoint_id, CheckpointStatus.COMPLETED, 3, 0)
+        store.apply(cp.checkpoint_id, batch(3, status=CheckpointStatus.COMPLETED), 0)
         ttls = self.ttls(client)
         assert f"{self.PREFIX}:resumable" not in ttls  # its last entry left when completed
         assert ttls and all(ttl == -1 for ttl in ttls.values())
@@ -579,10 +579,10 @@ class TestMongoDBStore(StoreContract):
             pass  # not allowed: wait for the default period
         cp = new_checkpoint()
         store.create(cp)
-        store.set_status(cp.checkpoint_id, CheckpointStatus.COMPLETED, 1, 0.001)
+        store.apply(cp.checkpoint_id, batch(1, status=CheckpointStatus.COMPLETED), 0.001)
         kept = new_checkpoint()
         store.create(kept)
-        store.set_status(kept.checkpoint_id, CheckpointStatus.COMPLETED, 1, 0)  # archive TTL 0: kept
+        store.apply(kept.checkpoint_id, batch(1, status=CheckpointStatus.COMPLETED), 0)  # archive TTL 0: kept
         deadline = time.monotonic() + 130
         while store.db["checkpoints"].count_documents({"checkpoint_id": cp.checkpoint_id}):
             assert time.monotonic() < deadline, "the TTL monitor did not delete the expired checkpoint"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..models import Batch, Checkpoint, CheckpointStatus
+    from ..models import Batch, Checkpoint
     from ..settings import CheckpointSettings
 
 
@@ -73,12 +73,6 @@ class CheckpointStore(ABC):
     @abstractmethod
     def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Stored items (CHECKPOINT_STORE_ITEMS) as (item type, fields)."""
-
-    def set_status(self, checkpoint_id: str, status: CheckpointStatus, seq: int, ttl: float) -> None:
-        """Shortcut for a batch that only changes the status."""
-        from ..models import Batch
-
-        self.apply(checkpoint_id, Batch(seq=seq, status=status), ttl)
 
     def describe(self) -> str:
         """Where the store is, for logs; never includes a credential."""
