@@ -17,23 +17,29 @@ class FingerprintSet:
     """
 
     def __init__(self, fingerprints: Iterable[bytes] = ()) -> None:
-        packed = bytearray()
         self._other: set[bytes] = set()
+        packed = bytearray()  # while the input comes in order: no object per fingerprint
+        unsorted: list[bytes] | None = None  # from the first one out of order on
         previous = b""
-        in_order = True
         for fp in fingerprints:
             if len(fp) != WIDTH:
                 self._other.add(fp)
-                continue
-            if fp <= previous:
-                if fp == previous:
-                    continue
-                in_order = False
-            previous = fp
-            packed += fp
-        if not in_order:  # stores that cannot read in order: sort once, here
-            chunks = sorted(bytes(packed[i:i + WIDTH]) for i in range(0, len(packed), WIDTH))
-            packed = bytearray(b"".join(fp for fp, previous in zip(chunks, [b"", *chunks]) if fp != previous))
+            elif unsorted is not None:
+                unsorted.append(fp)
+            elif fp > previous:
+                packed += fp
+                previous = fp
+            elif fp < previous:  # a store that cannot read in order: sort once, at the end
+                unsorted = [packed[i:i + WIDTH] for i in range(0, len(packed), WIDTH)]
+                unsorted.append(fp)
+                packed = bytearray()
+        if unsorted is not None:
+            unsorted.sort()
+            previous = b""
+            for fp in unsorted:
+                if fp != previous:
+                    packed += fp
+                    previous = fp
         self._packed = bytes(packed)
         self._count = len(self._packed) // WIDTH
 
