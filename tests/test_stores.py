@@ -629,6 +629,27 @@ class TestMongoDBStore(StoreContract):
         finally:
             store.close()
 
+    def test_write_error_keeps_the_batch_journaled(self, store):
+        """The server's write errors come back in the update command's reply, not as an
+        exception: the store raises them, and the committed batch is replayed once the
+        cause is gone."""
+        from pymongo.errors import WriteError
+
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        urls = store.db["checkpoint_urls"]
+        urls.create_index("url", unique=True, name="test_unique_url")
+        urls.insert_one({"_id": "in-the-way", "url": discovered(2).url})
+        with pytest.raises(WriteError, match="checkpoint_urls") as info:
+            store.apply(cid, batch(1, discovered=[discovered(1), discovered(2), discovered(3)]), TTL)
+        assert info.value.code == 11000
+        # Ordered: the statement after the failing one did not run.
+        assert [d["url"] for d in urls.find({"checkpoint_id": cid})] == [discovered(1).url]
+        urls.delete_one({"_id": "in-the-way"})
+        assert store.get(cid).pipeline_data.urls_discovered == 3  # replayed from the journal
+        assert store.pending_requests(cid, None, 10)[0] == [b"request-1", b"request-2", b"request-3"]
+
     def test_large_batch_journaled_in_parts(self, store, monkeypatch):
         from scrapy_checkpoint.stores import mongodb
 

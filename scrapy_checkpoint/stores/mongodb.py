@@ -19,14 +19,15 @@ from .base import CheckpointStore
 
 try:
     import bson
-    from bson import Binary
-    from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient, UpdateOne
+    from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient
     from pymongo.errors import (
         CollectionInvalid,
         ConfigurationError,
         ConnectionFailure,
         ExecutionTimeout,
         PyMongoError,
+        WriteConcernError,
+        WriteError,
     )
 except ImportError as exc:
     raise ImportError(
@@ -253,6 +254,8 @@ def _url_id(checkpoint_id: str, fingerprint: bytes) -> str:
 
 def _split(lists: dict[str, list[Any]]) -> list[dict[str, list[Any]]]:
     """The lists cut into parts of at most about _PART_BYTES, each list kept in order."""
+    if _size_bound(lists) <= _PART_BYTES:  # nearly every batch: no need to measure each value
+        return [lists]
     parts = [{name: [] for name in lists}]
     size = 0
     for name, values in lists.items():
@@ -266,29 +269,46 @@ def _split(lists: dict[str, list[Any]]) -> list[dict[str, list[Any]]]:
     return parts
 
 
+def _size_bound(lists: dict[str, list[Any]]) -> int:
+    """More than the BSON size of the journal lists: bytes are stored as they are, a URL
+    takes at most 4 bytes a character, and every value has less than 128 bytes of framing."""
+    size = 128 * sum(len(values) for values in lists.values())
+    size += sum(len(r["request"]) + 4 * len(r["url"]) for r in lists["discovered"])
+    size += sum(len(fp) for fp in lists["processed"])
+    return size + sum(len(bson.encode({"v": item})) for item in lists["items"])
+
+
+# A statement of the update command, with more than its BSON size (see _size_bound).
+_Upsert = tuple[dict[str, Any], int]
+
+
+def _upsert(query: dict[str, Any], update: dict[str, Any], size: int) -> _Upsert:
+    return {"q": query, "u": update, "upsert": True}, size
+
+
 def _url_updates(checkpoint_id: str, seq: int, discovered: list[dict[str, Any]],
-                 processed: list[bytes]) -> list[UpdateOne]:
+                 processed: list[bytes]) -> list[_Upsert]:
     """Upserts of a batch's URLs, in order (a URL can be discovered and processed in one batch)."""
     base = seq << _POS_BITS
     updates = [
-        UpdateOne(
+        _upsert(
             {"_id": _url_id(checkpoint_id, r["fingerprint"])},
-            {"$setOnInsert": {"checkpoint_id": checkpoint_id, "fingerprint": Binary(r["fingerprint"]),
-                              "url": r["url"], "request": Binary(r["request"]),
+            {"$setOnInsert": {"checkpoint_id": checkpoint_id, "fingerprint": r["fingerprint"],
+                              "url": r["url"], "request": r["request"],
                               "processed": False, "start": r["start"], "pos": base + i}},
-            upsert=True,
+            512 + len(r["request"]) + 4 * len(r["url"]),
         )
         for i, r in enumerate(discovered)
     ]
     # A request processed without a record (it could not be serialized) still has to be
     # known as processed, so that a resume does not redo it.
     updates += [
-        UpdateOne(
+        _upsert(
             {"_id": _url_id(checkpoint_id, fp)},
             {"$set": {"processed": True},
-             "$setOnInsert": {"checkpoint_id": checkpoint_id, "fingerprint": Binary(fp), "start": False,
+             "$setOnInsert": {"checkpoint_id": checkpoint_id, "fingerprint": fp, "start": False,
                               "pos": base + len(discovered) + i}},
-            upsert=True,
+            512,
         )
         for i, fp in enumerate(processed)
     ]
@@ -492,7 +512,7 @@ class MongoDBCheckpointStore(CheckpointStore):
                 return  # already applied (a retried flush)
             header = self._journal(checkpoint_id, batch, ttl)
             self.db[JOURNAL].insert_one(header)  # the commit point: from here on the batch is applied
-            self._replay(header)
+            self._replay(header, record["seq"])
 
     def _journal(self, checkpoint_id: str, batch: Batch, ttl: float) -> dict[str, Any]:
         """Write the parts of the batch's journal entry after the first; return its header.
@@ -505,9 +525,9 @@ class MongoDBCheckpointStore(CheckpointStore):
         known = {d["_id"]: bool(d["processed"]) for d in self.db[URLS].find(
             {"_id": {"$in": sorted(keys)}}, {"processed": 1})}
         parts = _split({
-            "discovered": [{"fingerprint": Binary(r.fingerprint), "url": r.url, "request": Binary(r.data),
+            "discovered": [{"fingerprint": r.fingerprint, "url": r.url, "request": r.data,
                             "start": r.start} for r in batch.discovered],
-            "processed": [Binary(fp) for fp in batch.processed],
+            "processed": batch.processed,
             "items": [{"item_type": t, "item": json.loads(json.dumps(i, default=str))}
                       for t, i in batch.items],
         })
@@ -531,16 +551,20 @@ class MongoDBCheckpointStore(CheckpointStore):
             "expires_at": expiry(now, ttl),
         }
 
-    def _replay(self, header: dict[str, Any]) -> None:
+    def _replay(self, header: dict[str, Any], record_seq: int | None = None) -> None:
         """Apply a committed journal entry; every step is idempotent, so it may run any number
-        of times, and at once in several processes."""
+        of times, and at once in several processes. *record_seq*: the record's seq, when the
+        caller has just read it."""
         db = self.db
         checkpoint_id, seq = header["checkpoint_id"], header["seq"]
         key = {"checkpoint_id": checkpoint_id, "seq": seq}
-        record = db[CHECKPOINTS].find_one({"checkpoint_id": checkpoint_id}, {"seq": 1})
-        if record is not None and record["seq"] < seq:
+        if record_seq is None:
+            record = db[CHECKPOINTS].find_one({"checkpoint_id": checkpoint_id}, {"seq": 1})
+            record_seq = None if record is None else record["seq"]
+        if record_seq is not None and record_seq < seq:
             entry = {name: list(header[name]) for name in _LISTS}
-            parts = list(db[JOURNAL].find({**key, "part": {"$gte": 1, "$lt": header["parts"]}}).sort("part"))
+            parts = [] if header["parts"] == 1 else list(
+                db[JOURNAL].find({**key, "part": {"$gte": 1, "$lt": header["parts"]}}).sort("part"))
             if len(parts) != header["parts"] - 1:
                 raise CorruptCheckpointError(checkpoint_id, self._where(JOURNAL),
                                              f"the entry of batch {seq} misses parts")
@@ -549,8 +573,8 @@ class MongoDBCheckpointStore(CheckpointStore):
                     entry[name] += part[name]
             self._bulk(URLS, _url_updates(checkpoint_id, seq, entry["discovered"], entry["processed"]))
             self._bulk(ITEMS, [
-                UpdateOne({**key, "index": i},
-                          {"$setOnInsert": {"item_type": it["item_type"], "item": it["item"]}}, upsert=True)
+                _upsert({**key, "index": i}, {"$setOnInsert": {"item_type": it["item_type"], "item": it["item"]}},
+                        512 + len(bson.encode(it)))
                 for i, it in enumerate(entry["items"])
             ])
             db[CHECKPOINTS].update_one(
@@ -558,9 +582,30 @@ class MongoDBCheckpointStore(CheckpointStore):
             )
         db[JOURNAL].delete_many(key)
 
-    def _bulk(self, collection: str, operations: list[Any]) -> None:
-        for start in range(0, len(operations), _BULK_SIZE):
-            self.db[collection].bulk_write(operations[start:start + _BULK_SIZE], ordered=True)
+    def _bulk(self, collection: str, upserts: list[_Upsert]) -> None:
+        """Run *upserts* in order, as update commands of at most _BULK_SIZE statements and
+        about _PART_BYTES, so that each ends well within CHECKPOINT_STORE_TIMEOUT and under
+        the 16 MB limit. The command itself, not ``bulk_write``: building an ``UpdateOne``
+        and validating it cost more client CPU than encoding it."""
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for statement, length in upserts:
+            if chunk and (len(chunk) == _BULK_SIZE or size + length > _PART_BYTES):
+                self._update(collection, chunk)
+                chunk, size = [], 0
+            chunk.append(statement)
+            size += length
+        if chunk:
+            self._update(collection, chunk)
+
+    def _update(self, collection: str, statements: list[dict[str, Any]]) -> None:
+        reply = self.db.command("update", collection, updates=statements, ordered=True)
+        if reply.get("writeErrors"):  # ordered: the first error stopped the command
+            error = reply["writeErrors"][0]
+            raise WriteError(f"{self._where(collection)}: {error.get('errmsg')}", error.get("code"), error)
+        if reply.get("writeConcernError"):
+            error = reply["writeConcernError"]
+            raise WriteConcernError(f"{self._where(collection)}: {error.get('errmsg')}", error.get("code"), error)
 
     def _recover(self, checkpoint_id: str | None = None) -> None:
         """Finish the batches a killed process committed to the journal, oldest first."""
