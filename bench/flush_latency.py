@@ -396,7 +396,11 @@ def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: f
     times: dict[str, list[float]] = {c.kind: [] for c in live}
     spent: dict[str, float] = {c.kind: 0.0 for c in live}
     errors: dict[str, list[str]] = {c.kind: [] for c in live}
+    cpu: dict[str, list[float]] = {c.kind: [] for c in live}
     start = {c.kind: c.records() for c in live}
+    # Redis: the server's own time for each batch's script, from its command statistics.
+    redis_clients = {c.kind: c.store.client for c in live if c.kind == "redis"}  # type: ignore[union-attr]
+    server: dict[str, list[float]] = {kind: [] for kind in redis_clients}
     for _ in range(repeats):
         order = [c for c in live if spent[c.kind] < budget and len(errors[c.kind]) < 5]
         if not order:
@@ -405,7 +409,9 @@ def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: f
         for contender in order:
             assert contender.workload is not None and contender.store is not None
             batch = contender.workload.batch(size)
-            started = time.perf_counter()
+            client = redis_clients.get(contender.kind)
+            server_before = _script_usec(client) if client else 0
+            started, cpu_started = time.perf_counter(), time.thread_time()
             try:
                 contender.store.apply(contender.checkpoint_id, batch, contender.ttl)
             except Exception as exc:  # a timeout is a result too: counted, reported
@@ -414,6 +420,9 @@ def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: f
                 # workload goes on, and the store skips nothing it did not apply.
             else:
                 times[contender.kind].append(time.perf_counter() - started)
+                cpu[contender.kind].append(time.thread_time() - cpu_started)
+                if client:
+                    server[contender.kind].append((_script_usec(client) - server_before) / 1e6)
             spent[contender.kind] += time.perf_counter() - started
     out: dict[str, dict[str, Any]] = {}
     for contender in live:
@@ -427,8 +436,16 @@ def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: f
                            f"({'errors' if len(errors[kind]) >= 5 else '--cell-budget'})")
         if times[kind]:
             row.update(summary(times[kind]))
+            row["cpu_p50_ms"] = round(statistics.median(cpu[kind]) * 1000, 3)
+        if server.get(kind):
+            row["server"] = {k.replace("_ms", ""): v for k, v in summary(server[kind]).items()}
         out[kind] = row
     return out
+
+
+def _script_usec(client: Any) -> int:
+    """Microseconds Redis has spent running EVALSHA since it started."""
+    return client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0)
 
 
 def fmt_ms(value: float | None) -> str:
@@ -448,8 +465,10 @@ def print_tables(cells: list[dict[str, Any]], recoveries: list[dict[str, Any]], 
         print(line + (f"  {row['skipped']}" if row.get("skipped") else ""))
     print(f"\nstore.apply latency per batch (ms); request body {request_bytes} bytes; "
           "records = URL records of the checkpoint at the start -> end of the cell")
+    print("cpu p50: CPU time of the calling thread (the client's work); server p50/p99: Redis's own "
+          "execution time of the batch's script (INFO commandstats)")
     print(f"{'store':<9}{'prefill':>10}{'size':>7}{'n':>6}{'records':>24}"
-          f"{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}")
+          f"{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}{'cpu p50':>10}{'server p50':>12}{'server p99':>12}")
     for cell in cells:
         head = f"{cell['store']:<9}{cell['prefill']:>10,}{cell['size']:>7,}"
         if "skipped" in cell:
@@ -458,6 +477,8 @@ def print_tables(cells: list[dict[str, Any]], recoveries: list[dict[str, Any]], 
         records = " -> ".join("?" if n is None else f"{n:,}" for n in (cell["records_start"], cell["records_end"]))
         print(f"{head}{cell['n']:>6}{records:>24}{fmt_ms(cell.get('p50_ms')):>10}"
               f"{fmt_ms(cell.get('p95_ms')):>10}{fmt_ms(cell.get('p99_ms')):>10}{fmt_ms(cell.get('max_ms')):>10}"
+              f"{fmt_ms(cell.get('cpu_p50_ms')):>10}{fmt_ms(cell.get('server', {}).get('p50')):>12}"
+              f"{fmt_ms(cell.get('server', {}).get('p99')):>12}"
               + (f"  {cell['note']}" if "note" in cell else "")
               + (f"  errors: {cell['errors']} ({cell['first_error']})" if cell.get("errors") else ""))
     print("\nrecovery lookup on the prefilled checkpoint (medians); load = every processed "
