@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable
+from itertools import islice
+from operator import eq
 
 WIDTH = 20  # bytes of a Scrapy request fingerprint
 
@@ -30,17 +32,16 @@ class FingerprintSet:
                 packed += fp
                 previous = fp
             elif fp < previous:  # a store that cannot read in order: sort once, at the end
-                unsorted = [packed[i:i + WIDTH] for i in range(0, len(packed), WIDTH)]
+                unsorted = [bytes(packed[i:i + WIDTH]) for i in range(0, len(packed), WIDTH)]
                 unsorted.append(fp)
                 packed = bytearray()
-        if unsorted is not None:
+        if unsorted is None:
+            self._packed = bytes(packed)
+        else:
             unsorted.sort()
-            previous = b""
-            for fp in unsorted:
-                if fp != previous:
-                    packed += fp
-                    previous = fp
-        self._packed = bytes(packed)
+            if any(map(eq, unsorted, islice(unsorted, 1, None))):  # a set scan may repeat one
+                unsorted = list(dict.fromkeys(unsorted))
+            self._packed = b"".join(unsorted)
         self._count = len(self._packed) // WIDTH
 
     def __len__(self) -> int:
