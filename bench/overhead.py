@@ -17,6 +17,7 @@ then hold as many events as at full speed, and a flush's fixed cost weighs as mu
     python bench/overhead.py --rounds 7 --products 3000
     python bench/overhead.py --contenders off,sqlite,jobdir
     python bench/overhead.py --instructions 300,1000
+    python bench/overhead.py --instructions 300,1000 --contenders off,sqlite --ablate store
 """
 
 from __future__ import annotations
@@ -219,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instructions", metavar="SMALL,LARGE",
                         help="count instructions under callgrind at these two shop sizes instead of timing")
     parser.add_argument("--jobs", type=int, default=2, help="callgrind runs at once (--instructions)")
+    parser.add_argument("--ablate", metavar="PARTS",
+                        help="switch these parts of scrapy-checkpoint off in the crawls, to measure them "
+                             "(see bench/ablation/sitecustomize.py)")
     parser.add_argument("--slowdown", type=float, default=40.0,
                         help="how much slower a crawl runs under callgrind: CHECKPOINT_FLUSH_INTERVAL is "
                              "multiplied by it (--instructions)")
@@ -228,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--instructions takes two different shop sizes, e.g. 300,1000")
     if sizes and shutil.which("valgrind") is None:
         parser.error("--instructions needs valgrind (apt install valgrind)")
+    if args.ablate:  # read by bench/ablation/sitecustomize.py in every crawl process
+        os.environ["CHECKPOINT_BENCH_ABLATE"] = args.ablate
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT / "bench" / "ablation"), *filter(None, [os.environ.get("PYTHONPATH")])])
     workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     try:
         with redis_server(workdir) as redis_url, mongo_server(workdir) as mongo_uri:
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 report = instructions(table, sizes, workdir, args.jobs, args.slowdown)
                 print_instructions(report, sizes)
                 summary = {"bench": "overhead", "mode": "instructions", "sizes": sizes,
-                           "slowdown": args.slowdown, "results": report}
+                           "slowdown": args.slowdown, "ablate": args.ablate, "results": report}
             else:
                 report = timed(table, args, workdir)
                 summary = {"bench": "overhead", "mode": "time", "products": args.products,

@@ -3,7 +3,8 @@
 Runs one contender of ``bench/overhead.py`` (same shop, same settings) under
 ``py-spy record --format raw`` and prints the share of all samples of the crawl process
 that fall in scrapy-checkpoint's code, attributed to its innermost frame on the stack, and
-split by the library that frame called into (pymongo, bson, redis, sqlite3...). Needs
+split by the library that frame called into (pymongo, bson, redis...; sqlite3 is C, so
+its time shows as the calling frame's own). Needs
 py-spy (``pip install py-spy``; it may need ptrace rights). Last line: ``BENCH_JSON {...}``.
 
     python bench/profile_crawl.py --contender mongodb --products 3000
@@ -31,7 +32,7 @@ PROJECT = "scrapy_checkpoint"
 #: "function (path:line)" in py-spy's raw format
 FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^():]*)(?::\d+)?\)$")
 DELEGATED = ("scrapy/core/", "scrapy/utils/defer")
-LIBRARIES = ("pymongo", "bson", "redis", "sqlite3", "pydantic", "json", "pickle", "scrapy", "twisted")
+LIBRARIES = ("pymongo", "bson", "redis", "pydantic", "json", "pickle", "scrapy", "twisted")
 
 
 def _library(path: str) -> str:
@@ -58,7 +59,7 @@ def summarize(raw: str) -> dict:
         samples = int(count)
         total += samples
         frames = [FRAME.match(f) for f in stack.split(";")]
-        project = [i for i, m in enumerate(frames) if m and f"/{m['path']}".find(f"/{PROJECT}/") >= 0]
+        project = [i for i, m in enumerate(frames) if m and f"/{PROJECT}/" in f"/{m['path']}"]
         # Below a wrapper of the callback's output (track_output, the middlewares) run
         # Scrapy's other middlewares and the spider: their samples are not ours.
         if not project or any(m and m["path"].startswith(DELEGATED) for m in frames[project[-1] + 1:]):
