@@ -400,7 +400,7 @@ class CheckpointExtension:
     def _page(self, request: Request) -> tuple[str, int] | None:
         page = request.meta.get("checkpoint_page")
         url = request.url
-        if page is None and not any(needle in url for needle in self._page_needles):
+        if page is None and ("?" not in url or not any(needle in url for needle in self._page_needles)):
             return None
         params = self.settings.page_params
         parts = urlsplit(url)
