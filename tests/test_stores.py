@@ -214,6 +214,26 @@ class TestSQLiteStore(StoreContract):
         bodies = dict(store.db.execute("SELECT fingerprint, request FROM requests"))
         assert bodies == {fp(1): None, fp(2): b"request-2"}
 
+    def test_resume_scan_reads_through_its_own_connection(self, tmp_path):
+        """The scan of processed fingerprints opens the file again, read-only, by URI: a
+        directory name that means something in a URI must not send it elsewhere."""
+        store = SQLiteCheckpointStore(tmp_path / "crawl #1?mode=rw 100%" / "checkpoints.sqlite3")
+        store.open()
+        try:
+            cp = new_checkpoint()
+            store.create(cp)
+            store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1, start=True), discovered(2)],
+                                                processed=[fp(2)]), TTL)
+            scan = store.processed_fingerprints(cp.checkpoint_id)
+            assert next(scan) == fp(2)
+            # A batch written while the scan is open neither waits for it nor shows up in it.
+            store.apply(cp.checkpoint_id, batch(2, processed=[fp(1)]), TTL)
+            assert list(scan) == []
+            assert sorted(store.processed_fingerprints(cp.checkpoint_id)) == sorted([fp(1), fp(2)])
+            assert list(store.pending_start_fingerprints(cp.checkpoint_id)) == []
+        finally:
+            store.close()
+
     def test_file_of_another_layout_is_refused(self, tmp_path):
         path = tmp_path / "old.sqlite3"
         with sqlite3.connect(path) as db:

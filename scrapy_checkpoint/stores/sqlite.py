@@ -22,6 +22,8 @@ SCHEMA_VERSION = 2
 #: WAL size that wakes the checkpointing thread. Each checkpoint copies every page the WAL
 #: holds, so rarer ones copy a page rewritten by many batches once instead of many times.
 WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
+#: Page cache of the connection that reads every processed fingerprint on resume.
+SCAN_CACHE_KIB = 2048
 #: Bits of a request's position that number it within its batch.
 POSITION_BITS = 32
 
@@ -309,12 +311,22 @@ class SQLiteCheckpointStore(CheckpointStore):
         )
 
     def _fingerprints(self, query: str, checkpoint_id: str) -> Iterator[bytes]:
-        """Stream the rows a page at a time, never the whole result in memory at once."""
+        """Stream the rows a page at a time, never the whole result in memory at once, on a
+        read-only connection of their own with a small page cache: read through the writer's
+        connection, a resume's scan of every processed URL would fill its cache (64 MB) with
+        pages no batch needs. WAL lets it read while batches are written."""
         with self._lock:
-            cursor = self.db.execute(query, (self._key(checkpoint_id),))
+            key = self._key(checkpoint_id)
+        reader = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            reader.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            reader.execute(f"PRAGMA cache_size=-{SCAN_CACHE_KIB}")
+            cursor = reader.execute(query, (key,))
             while rows := cursor.fetchmany(10_000):
                 for (fp,) in rows:
                     yield fp
+        finally:
+            reader.close()
 
     def pending_requests(
         self, checkpoint_id: str, after: Any, limit: int
