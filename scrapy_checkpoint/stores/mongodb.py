@@ -586,7 +586,9 @@ class MongoDBCheckpointStore(CheckpointStore):
         """Run *upserts* in order, as update commands of at most _BULK_SIZE statements and
         about _PART_BYTES, so that each ends well within CHECKPOINT_STORE_TIMEOUT and under
         the 16 MB limit. The command itself, not ``bulk_write``: building an ``UpdateOne``
-        and validating it cost more client CPU than encoding it."""
+        and validating it cost more client CPU than encoding it. Unlike ``bulk_write`` it is
+        not retried after a network error: the journal replays the batch, and every
+        statement is idempotent."""
         chunk: list[dict[str, Any]] = []
         size = 0
         for statement, length in upserts:
