@@ -8,7 +8,8 @@ crawl. Last line: ``BENCH_JSON {...}``.
 CPU time on a shared machine is noisy: a few percent from run to run, more than the
 overhead measured. ``--instructions`` counts instead the instructions each crawl process
 runs, under valgrind's callgrind, once per contender at two sizes of the shop: a count
-that does not depend on what else the machine does (so runs go two at a time), and whose
+that hardly depends on what else the machine does (so runs go two at a time; timers that
+run per second of wall time still move it about 0.5 %), and whose
 difference between the sizes is the cost per product page, without start-up costs. A crawl
 runs some 40 times slower under callgrind, so the extension's flush timer
 (``CHECKPOINT_FLUSH_INTERVAL``, 2 s) is stretched by ``--slowdown`` for those runs: batches
