@@ -20,28 +20,34 @@ class FingerprintSet:
 
     def __init__(self, fingerprints: Iterable[bytes] = ()) -> None:
         self._other: set[bytes] = set()
-        packed = bytearray()  # while the input comes in order: no object per fingerprint
-        unsorted: list[bytes] | None = None  # from the first one out of order on
+        packed = bytearray()  # while the input comes in order
+        # From the first one out of order on (a store that cannot read in order): packed
+        # into 256 buckets by first byte, each sorted at the end. Fingerprints are uniform,
+        # so the buckets are even, and no object per fingerprint is kept meanwhile.
+        buckets: list[bytearray] | None = None
         previous = b""
         for fp in fingerprints:
             if len(fp) != WIDTH:
                 self._other.add(fp)
-            elif unsorted is not None:
-                unsorted.append(fp)
+            elif buckets is not None:
+                buckets[fp[0]] += fp
             elif fp > previous:
                 packed += fp
                 previous = fp
-            elif fp < previous:  # a store that cannot read in order: sort once, at the end
-                unsorted = [bytes(packed[i:i + WIDTH]) for i in range(0, len(packed), WIDTH)]
-                unsorted.append(fp)
+            elif fp < previous:
+                buckets = [bytearray() for _ in range(256)]
+                for start in range(0, len(packed), WIDTH):
+                    buckets[packed[start]] += packed[start:start + WIDTH]
+                buckets[fp[0]] += fp
                 packed = bytearray()
-        if unsorted is None:
-            self._packed = bytes(packed)
-        else:
-            unsorted.sort()
-            if any(map(eq, unsorted, islice(unsorted, 1, None))):  # a set scan may repeat one
-                unsorted = list(dict.fromkeys(unsorted))
-            self._packed = b"".join(unsorted)
+        if buckets is not None:
+            for first, bucket in enumerate(buckets):
+                chunk = sorted(bytes(bucket[i:i + WIDTH]) for i in range(0, len(bucket), WIDTH))
+                buckets[first] = bytearray()  # freed as the result grows
+                if any(map(eq, chunk, islice(chunk, 1, None))):  # a set scan may repeat one
+                    chunk = list(dict.fromkeys(chunk))
+                packed += b"".join(chunk)
+        self._packed = bytes(packed)
         self._count = len(self._packed) // WIDTH
 
     def __len__(self) -> int:
