@@ -142,11 +142,10 @@ def instructions(table: dict[str, dict], sizes: list[int], workdir: Path, jobs: 
     shops = {n: demo_support.start_shop(products=n, latency=0.0) for n in sizes}
     try:
         runs = [(name, n) for name in table for n in sizes]
-        with ThreadPoolExecutor(jobs) as pool:
+        with ThreadPoolExecutor(jobs) as pool:  # run numbers from 1000: apart from timed runs' state
             counts = list(pool.map(
-                lambda job: count_instructions(shops[job[1]][1], job[0], table[job[0]], workdir,
-                                               1000 + runs.index(job), job[1]),
-                runs))
+                lambda number, name, n: count_instructions(shops[n][1], name, table[name], workdir, number, n),
+                range(1000, 1000 + len(runs)), *zip(*runs)))
     finally:
         for shop, _ in shops.values():
             demo_support.stop_shop(shop)
