@@ -5,6 +5,7 @@ from .exceptions import CheckpointError, CheckpointNotFound, CorruptCheckpointEr
 from .extension import CheckpointExtension, SpiderCheckpoint
 from .middlewares import CheckpointDownloaderMiddleware, CheckpointSpiderMiddleware
 from .models import Checkpoint, CheckpointStatus, ExtractionResults, PipelineData
+from .outputs import CheckpointFeedExporter, item_key
 from .stores import CheckpointStore, SQLiteCheckpointStore
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "CheckpointDownloaderMiddleware",
     "CheckpointError",
     "CheckpointExtension",
+    "CheckpointFeedExporter",
     "CheckpointNotFound",
     "CheckpointSpiderMiddleware",
     "CheckpointStatus",
@@ -23,4 +25,5 @@ __all__ = [
     "SQLiteCheckpointStore",
     "SpiderCheckpoint",
     "StoreUnavailable",
+    "item_key",
 ]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scrapy.extensions.feedexport import FeedExporter
+from scrapy.utils.misc import load_object
+
 from .extension import CheckpointExtension
 from .middlewares import CheckpointDownloaderMiddleware, CheckpointSpiderMiddleware
+from .outputs import CheckpointFeedExporter
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -28,3 +32,9 @@ class Addon:
             ("DOWNLOADER_MIDDLEWARES", CheckpointDownloaderMiddleware, DOWNLOADER_MIDDLEWARE_ORDER),
         ):
             settings.setdefault_in_component_priority_dict(name, component, order)
+        # Feeds in step with the checkpoint; without checkpoints it is Scrapy's exporter.
+        extensions = settings.getdict("EXTENSIONS")
+        if not any(load_object(key) is FeedExporter for key in extensions):
+            extensions[FeedExporter] = None
+            extensions[CheckpointFeedExporter] = 0
+            settings.set("EXTENSIONS", extensions, settings.getpriority("EXTENSIONS") or 0)

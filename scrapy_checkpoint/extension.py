@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit, urlencode
 from itemadapter import ItemAdapter
 from scrapy import Request, signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider, IgnoreRequest, NotConfigured
+from scrapy.extensions.feedexport import FeedExporter
 from scrapy.utils.asyncio import create_looping_call, run_in_thread, sleep
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.python.failure import Failure
@@ -21,6 +22,8 @@ from twisted.python.failure import Failure
 from ._fingerprints import FingerprintSet
 from ._redact import scrub, secrets_of
 from ._serialization import RequestSerializer
+from .outputs.feeds import CheckpointFeedExporter
+from .outputs.keys import forget, remember
 from .exceptions import CheckpointError, CheckpointNotFound, StoreUnavailable
 from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
 from .settings import CheckpointSettings
@@ -74,6 +77,12 @@ class _Work:
     running: int = 0
     items: int = 0
     ran: bool = False
+    #: Items yielded so far: the position of the next one, for its idempotency key.
+    yielded: int = 0
+    #: The items this work's callback yielded, known to item_key() until the work ends.
+    item_ids: list[int] = field(default_factory=list)
+    #: Scraped items waiting for the work to end before they reach the feeds.
+    scraped: list[Any] = field(default_factory=list)
 
 
 class CheckpointExtension:
@@ -110,6 +119,8 @@ class CheckpointExtension:
         self._last_discovered: Request | None = None
         self._warned: set[str] = set()
         self._saved_state: dict[str, Any] = {}
+        #: The feeds written in step with the checkpoint, when FEEDS has any.
+        self._feeds: CheckpointFeedExporter | None = None
         self._last_taken = time.monotonic()
         # Resume state.
         self._processed_before: FingerprintSet | None = None
@@ -142,10 +153,14 @@ class CheckpointExtension:
         return spider.name, str(site), str(job)
 
     async def spider_opened(self, spider: Spider) -> None:
+        self._feeds = self._find_feeds()
         try:
             try:
                 await run_in_thread(self.store.open)
                 checkpoint, resumed = await self._load_or_create(spider)
+                if resumed and self._feeds is not None:
+                    self._feeds.resume(spider, checkpoint.checkpoint_id, self.settings.directory,
+                                       checkpoint.pipeline_data.outputs)
             except StoreUnavailable as exc:
                 if self.settings.resume:
                     raise CheckpointError(f"{exc}: cannot resume until it is back.") from exc
@@ -214,7 +229,27 @@ class CheckpointExtension:
 
     def _new_checkpoint(self, spider: Spider) -> Checkpoint:
         name, site, job = self._identity(spider)
-        return Checkpoint.new(ttl=self.settings.ttl, spider=name, site_domain=site, job_type=job)
+        checkpoint = Checkpoint.new(ttl=self.settings.ttl, spider=name, site_domain=site, job_type=job)
+        if self._feeds is not None:
+            checkpoint.pipeline_data.outputs = self._feeds.initial_state(
+                spider, checkpoint.checkpoint_id, self.settings.directory
+            )
+        return checkpoint
+
+    def _find_feeds(self) -> CheckpointFeedExporter | None:
+        exporter = self.crawler.get_extension(FeedExporter)
+        if exporter is None:
+            return None
+        if isinstance(exporter, CheckpointFeedExporter):
+            return exporter
+        logger.warning(
+            "FEEDS are written by %(cls)s, not in step with the checkpoint: a kill loses or "
+            "repeats items in them. The add-on sets this up; by hand, replace "
+            "scrapy.extensions.feedexport.FeedExporter with "
+            "scrapy_checkpoint.CheckpointFeedExporter in EXTENSIONS.",
+            {"cls": type(exporter).__name__},
+        )
+        return None
 
     async def _load_fingerprints(self, checkpoint: Checkpoint) -> None:
         cid = checkpoint.checkpoint_id
@@ -349,8 +384,12 @@ class CheckpointExtension:
         if key not in self._work:
             self.processed(request)
 
-    def output_item(self, key: Any) -> None:
-        self._work[key].items += 1
+    def output_item(self, key: Any, item: Any) -> None:
+        work = self._work[key]
+        work.items += 1
+        remember(item, work.request, work.yielded, self.fingerprint)
+        work.item_ids.append(id(item))
+        work.yielded += 1
 
     def work_finished(self, key: Any) -> None:
         work = self._work[key]
@@ -364,6 +403,14 @@ class CheckpointExtension:
         counts[item_type] = counts.get(item_type, 0) + 1
         if self.settings.store_items:
             self._batch.items.append((item_type, ItemAdapter(item).asdict()))
+        if self._feeds is not None:
+            work = self._work.get(response)
+            if work is None:  # no page to wait for (an item yielded by start())
+                self._feeds.export((item,))
+            else:
+                # Feeds get a page's items once the page is processed: the length saved
+                # with its processed mark then covers them all, and never part of a page.
+                work.scraped.append(item)
         self.item_done(response)
 
     def item_done(self, response: Response | Failure | None) -> None:
@@ -377,6 +424,9 @@ class CheckpointExtension:
         if work.running or work.items or not work.ran:
             return
         del self._work[key]
+        if work.scraped and self._feeds is not None:
+            self._feeds.export(work.scraped)
+        forget(work.item_ids)
         self.processed(work.request)
 
     def processed(self, request: Request) -> None:
@@ -430,6 +480,8 @@ class CheckpointExtension:
         if status is not None:
             batch.status = status
         batch.state = self._state_snapshot()
+        if self._feeds is not None:
+            batch.outputs = self._feeds.snapshot()
         # An idle crawl still sends an empty batch now and then: it refreshes the TTLs.
         idle = time.monotonic() - self._last_taken < self.settings.ttl / 4
         if not (self._events or batch.status or batch.state is not None) and idle:
@@ -496,7 +548,7 @@ class CheckpointExtension:
                 while self._unflushed:
                     batch = self._unflushed[0]
                     try:
-                        await run_in_thread(self.store.apply, cid, batch, ttl or self.settings.ttl)
+                        await run_in_thread(self._apply, cid, batch, ttl or self.settings.ttl)
                     except KeyError:
                         self._lost_by_store()
                         return False
@@ -511,6 +563,11 @@ class CheckpointExtension:
                     return True
         finally:
             self._flushing = None
+
+    def _apply(self, cid: str, batch: Batch, ttl: float) -> None:
+        # The feeds reach the disk before the lengths that describe them reach the store.
+        CheckpointFeedExporter.sync(batch.outputs)
+        self.store.apply(cid, batch, ttl)
 
     def _lost_by_store(self) -> None:
         """The store no longer has the record (a Redis restarted without persistence):
@@ -545,6 +602,12 @@ class CheckpointExtension:
             status, ttl = CheckpointStatus.ACTIVE, self.settings.ttl
         else:
             status, ttl = CheckpointStatus.FAILED, self.settings.ttl
+        if self._feeds is not None:
+            # The last processed marks with the feed lengths they match; then the feeds close
+            # (a "]" or "</items>" written now is cut off again by a resume).
+            self._take_batch()
+            if not await self._feeds.close(completed=status is CheckpointStatus.COMPLETED):
+                status, ttl = CheckpointStatus.FAILED, self.settings.ttl
         self._take_batch(status)
         saved = await self._flush(ttl=ttl)
         for _ in range(CLOSE_RETRIES):
@@ -552,6 +615,8 @@ class CheckpointExtension:
                 break
             await sleep(self.settings.store_timeout)
             saved = await self._flush(ttl=ttl)
+        if saved and status is CheckpointStatus.COMPLETED and self._feeds is not None:
+            self._feeds.discard_held()
         if saved:
             logger.info(
                 "Checkpoint %(id)s saved as %(status)s (%(reason)s)",
@@ -597,12 +662,12 @@ async def track_output(
         if isinstance(output, AsyncIterator):
             async for element in output:
                 if not isinstance(element, Request):
-                    extension.output_item(key)
+                    extension.output_item(key, element)
                 yield element
         else:
             for element in output:
                 if not isinstance(element, Request):
-                    extension.output_item(key)
+                    extension.output_item(key, element)
                 yield element
     except Exception:
         extension.work_finished(key)

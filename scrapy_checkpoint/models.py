@@ -59,6 +59,9 @@ class PipelineData(_Model):
     pagination_state: dict[str, int] = Field(default_factory=dict)
     extraction_results: ExtractionResults = Field(default_factory=ExtractionResults)
     state: dict[str, Any] = Field(default_factory=dict)
+    #: Each exactly-once feed where the saved processed marks leave it (file, length,
+    #: batch, exporter state): what a resume cuts it back to.
+    outputs: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Checkpoint(_Model):
@@ -126,6 +129,8 @@ class Batch:
     current_page: int | None = None
     pipeline_step: int = 0
     state: dict[str, Any] | None = None
+    #: The feeds' state after this batch's processed marks (None: no feeds).
+    outputs: list[dict[str, Any]] | None = None
     status: CheckpointStatus | None = None
 
     def __len__(self) -> int:
@@ -145,6 +150,8 @@ class Batch:
             data.current_page = self.current_page
         if self.state is not None:
             data.state = self.state
+        if self.outputs is not None:
+            data.outputs = self.outputs
         checkpoint.pipeline_step = max(checkpoint.pipeline_step, self.pipeline_step)
         if self.status is not None:
             checkpoint.status = self.status

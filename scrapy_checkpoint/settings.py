@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.project import data_path
 
+from ._redact import redact_uri
+
 if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
 DEFAULTS: dict[str, Any] = {
@@ -31,6 +34,10 @@ DEFAULTS: dict[str, Any] = {
     "CHECKPOINT_MONGO_DATABASE": "scrapy_checkpoint",
     "CHECKPOINT_ARCHIVE_TTL": 30 * 24 * 3600.0,
     "CHECKPOINT_BUFFER_LIMIT": 100_000,
+    # CheckpointMongoDBPipeline: None falls back to CHECKPOINT_MONGO_URI / _DATABASE.
+    "CHECKPOINT_MONGO_ITEMS_URI": None,
+    "CHECKPOINT_MONGO_ITEMS_DATABASE": None,
+    "CHECKPOINT_MONGO_ITEMS_COLLECTION": "items",
 }
 
 #: The environment variable that turns checkpoints on, like CHECKPOINT_ENABLED.
@@ -43,6 +50,11 @@ def is_enabled(settings: BaseSettings) -> bool:
     if os.environ.get(ENV_SWITCH, "").strip().lower() in _TRUE:
         return True
     return settings.getbool("CHECKPOINT_ENABLED", DEFAULTS["CHECKPOINT_ENABLED"])
+
+
+def checkpoints_on(crawler: Crawler) -> bool:
+    """Whether the crawl runs with checkpoints: the switch is on and the spider opted in."""
+    return is_enabled(crawler.settings) and bool(getattr(crawler.spidercls, "checkpoint_enabled", False))
 
 
 def _get(settings: BaseSettings, name: str) -> Any:
@@ -139,4 +151,69 @@ class CheckpointSettings:
             mongo_database=database,
             archive_ttl=archive_ttl,
             buffer_limit=_positive(settings, "CHECKPOINT_BUFFER_LIMIT", int, "whole number of events"),
+        )
+
+
+_MONGO_SCHEMES = ("mongodb://", "mongodb+srv://")
+# https://www.mongodb.com/docs/manual/reference/limits/#naming-restrictions
+_DATABASE_FORBIDDEN = '/\\. "$'
+
+
+@dataclass(frozen=True)
+class MongoItemsSettings:
+    """Validated settings of CheckpointMongoDBPipeline, read once at startup.
+
+    Independent of CHECKPOINT_ENABLED: the pipeline also runs with checkpoints off.
+    """
+
+    uri: str
+    #: The setting *uri* came from, for error messages.
+    uri_setting: str
+    database: str
+    collection: str
+    timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> MongoItemsSettings:
+        """Validate; raise ValueError when the pipeline cannot work with them."""
+        uri_setting = "CHECKPOINT_MONGO_ITEMS_URI"
+        uri = _optional_str(settings, uri_setting)
+        if uri is None:
+            uri_setting = "CHECKPOINT_MONGO_URI"
+            uri = _optional_str(settings, uri_setting)
+        if uri is None:
+            raise ValueError(
+                f"CHECKPOINT_MONGO_ITEMS_URI ({settings.get('CHECKPOINT_MONGO_ITEMS_URI')!r}) and "
+                f"CHECKPOINT_MONGO_URI ({settings.get('CHECKPOINT_MONGO_URI')!r}) are both unset: "
+                "CheckpointMongoDBPipeline needs a MongoDB URI. Set CHECKPOINT_MONGO_ITEMS_URI "
+                "(e.g. 'mongodb://127.0.0.1:27017'), or remove the pipeline from ITEM_PIPELINES."
+            )
+        if not uri.startswith(_MONGO_SCHEMES):
+            raise ValueError(
+                f"{uri_setting} ({redact_uri(uri)!r}) must be a MongoDB URI starting with "
+                "'mongodb://' or 'mongodb+srv://'."
+            )
+        database_setting = "CHECKPOINT_MONGO_ITEMS_DATABASE"
+        database = _optional_str(settings, database_setting)
+        if database is None:
+            database_setting = "CHECKPOINT_MONGO_DATABASE"
+            database = _optional_str(settings, database_setting) or DEFAULTS[database_setting]
+        if any(c in database for c in _DATABASE_FORBIDDEN) or len(database.encode()) >= 64:
+            raise ValueError(
+                f"{database_setting} ({database!r}) must be a MongoDB database name: fewer than "
+                "64 bytes, none of / \\ . \" $ or a space."
+            )
+        collection = (_optional_str(settings, "CHECKPOINT_MONGO_ITEMS_COLLECTION")
+                      or DEFAULTS["CHECKPOINT_MONGO_ITEMS_COLLECTION"])
+        if "$" in collection or "\0" in collection or collection.startswith("system."):
+            raise ValueError(
+                f"CHECKPOINT_MONGO_ITEMS_COLLECTION ({collection!r}) must be a MongoDB collection "
+                "name: no '$', no NUL character, not starting with 'system.'."
+            )
+        return cls(
+            uri=uri,
+            uri_setting=uri_setting,
+            database=database,
+            collection=collection,
+            timeout=_positive(settings, "CHECKPOINT_STORE_TIMEOUT", float, "number of seconds"),
         )

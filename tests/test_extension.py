@@ -13,7 +13,7 @@ from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
 from twisted.python.failure import Failure
 
-from scrapy_checkpoint import CheckpointDownloaderMiddleware, CheckpointExtension, SpiderCheckpoint
+from scrapy_checkpoint import CheckpointDownloaderMiddleware, CheckpointExtension, SpiderCheckpoint, item_key
 from scrapy_checkpoint._fingerprints import FingerprintSet
 from scrapy_checkpoint.models import Batch
 
@@ -54,12 +54,15 @@ def test_processed_waits_for_output_and_items(ext):
 
     ext.work_started(response, listing)
     ext.request_scheduled(child, spider)
-    ext.output_item(response)
-    ext.output_item(response)
+    ext.output_item(response, item1)
+    ext.output_item(response, item2)
     ext.item_scraped(item1, response)
     ext.work_finished(response)
     assert ext._batch.processed == []  # an item is still in the pipelines
+    # Known to pipelines by the page's fingerprint and its place in the callback's output.
+    assert item_key(item2) == f"{fp(ext, listing).hex()}-1"
     ext.item_scraped(item2, response)
+    assert item_key(item1) is None  # forgotten once the page is done
     batch = ext._batch
     assert batch.processed == [fp(ext, listing)]
     # Everything the callback produced is in the same batch as, or before, the mark.
@@ -72,7 +75,7 @@ def test_dropped_item_also_completes(ext):
     request = Request("http://shop.test/p/9", callback=spider.parse_product)
     response = response_for(request)
     ext.work_started(response, request)
-    ext.output_item(response)
+    ext.output_item(response, {"sku": "9"})
     ext.work_finished(response)
     ext.item_done(response)
     assert ext._batch.processed == [fp(ext, request)]

@@ -102,6 +102,7 @@ _CHECKPOINT = _object(
                 ),
                 "state": _DICT,
             },
+            {"outputs": {"bsonType": "array", "items": _DICT}},
             additionalProperties=False,
         ),
         "status": {"enum": ["active", "completed", "failed"]},
@@ -153,6 +154,7 @@ _JOURNAL = _object(
         "current_page": _int(null=True),
         "pipeline_step": _int(0, 4),
         "state": {"bsonType": ["object", "null"]},
+        "outputs": {"bsonType": ["array", "null"]},
         "status": {"enum": ["active", "completed", "failed", None]},
         "updated_at": _DATE,
         "expires_at": {"bsonType": ["date", "null"]},
@@ -324,9 +326,9 @@ def _record_update(header: dict[str, Any]) -> dict[str, Any]:
     inc["pipeline_data.urls_processed"] = header["new_processed"]
     fields = {f"pipeline_data.pagination_state.{k}": n for k, n in header["pagination"].items()}
     fields.update(seq=header["seq"], updated_at=header["updated_at"], expires_at=header["expires_at"])
-    for name, path in (("current_page", "pipeline_data.current_page"),
-                       ("state", "pipeline_data.state"), ("status", "status")):
-        if header[name] is not None:
+    for name, path in (("current_page", "pipeline_data.current_page"), ("state", "pipeline_data.state"),
+                       ("outputs", "pipeline_data.outputs"), ("status", "status")):
+        if header.get(name) is not None:
             fields[path] = header[name]
     return {"$inc": inc, "$max": {"pipeline_step": header["pipeline_step"]}, "$set": fields}
 
@@ -546,6 +548,7 @@ class MongoDBCheckpointStore(CheckpointStore):
             "current_page": batch.current_page,
             "pipeline_step": batch.pipeline_step,
             "state": batch.state,
+            "outputs": batch.outputs,
             "status": batch.status,
             "updated_at": now,
             "expires_at": expiry(now, ttl),

@@ -137,6 +137,7 @@ redis.call('HINCRBY', record, 'items_scraped', scraped)
 for key, page in pairs(h.pagination) do redis.call('HSET', record, 'page:' .. key, page) end
 if h.current_page then redis.call('HSET', record, 'current_page', h.current_page) end
 if h.state then redis.call('HSET', record, 'state', h.state) end
+if h.outputs then redis.call('HSET', record, 'outputs', h.outputs) end
 if h.pipeline_step > tonumber(values[5]) then redis.call('HSET', record, 'pipeline_step', h.pipeline_step) end
 status = h.status or status
 redis.call('HSET', record, 'status', status, 'seq', h.seq, 'updated_at', h.updated_at)
@@ -193,6 +194,7 @@ def _record_fields(checkpoint: Checkpoint) -> dict[str, Any]:
         "urls_processed": data.urls_processed,
         "items_scraped": results.items_scraped,
         "state": json.dumps(data.state, default=str),
+        "outputs": json.dumps(data.outputs),
         "_job": _job(checkpoint.spider, checkpoint.site_domain, checkpoint.job_type),
     }
     if checkpoint.expires_at is not None:
@@ -282,6 +284,7 @@ class RedisCheckpointStore(CheckpointStore):
         try:
             fields = {k.decode(): v.decode() for k, v in raw.items()}
             state = json.loads(fields.get("state", "null"))
+            outputs = json.loads(fields.get("outputs", "[]"))
         except ValueError as exc:  # not UTF-8, or not JSON
             raise CorruptCheckpointError(checkpoint_id, self.describe(), str(exc)) from exc
 
@@ -300,6 +303,7 @@ class RedisCheckpointStore(CheckpointStore):
             "pagination_state": prefixed("page:"),
             "extraction_results": {"items_scraped": fields.get("items_scraped"), "by_type": prefixed("type:")},
             "state": state,
+            "outputs": outputs,
         }
         return Checkpoint.parse(record, checkpoint_id=checkpoint_id, where=self.describe())
 
@@ -354,6 +358,7 @@ class RedisCheckpointStore(CheckpointStore):
             "pipeline_step": batch.pipeline_step,
             "current_page": batch.current_page,
             "state": None if batch.state is None else json.dumps(batch.state, default=str),
+            "outputs": None if batch.outputs is None else json.dumps(batch.outputs),
             "item_counts": batch.item_counts,
             "pagination": batch.pagination,
             "discovered": len(batch.discovered),
