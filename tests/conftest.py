@@ -10,7 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "example_project"))
 
-pytest_plugins: list[str] = ["tests.redis_server", "tests.mongo_server"]
+pytest_plugins: list[str] = [
+    "tests.redis_server", "tests.mongo_server", "tests.ftp_server", "tests.s3_server",
+]
 
 
 @pytest.fixture
