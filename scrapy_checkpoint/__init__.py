@@ -1,5 +1,7 @@
 """Crash-safe checkpoint and resume for Scrapy crawls."""
 
+from typing import Any
+
 from .addon import Addon
 from .exceptions import CheckpointError, CheckpointNotFound, CorruptCheckpointError, StoreUnavailable
 from .extension import CheckpointExtension, SpiderCheckpoint
@@ -27,3 +29,12 @@ __all__ = [
     "StoreUnavailable",
     "item_key",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: it needs pymongo, an optional dependency.
+    if name == "CheckpointMongoDBPipeline":
+        from .outputs.mongodb import CheckpointMongoDBPipeline
+
+        return CheckpointMongoDBPipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -83,6 +83,8 @@ class _Work:
     item_ids: list[int] = field(default_factory=list)
     #: Scraped items waiting for the work to end before they reach the feeds.
     scraped: list[Any] = field(default_factory=list)
+    #: An item pipeline raised on one of its items: the request stays pending.
+    failed: bool = False
 
 
 class CheckpointExtension:
@@ -121,6 +123,8 @@ class CheckpointExtension:
         self._saved_state: dict[str, Any] = {}
         #: The feeds written in step with the checkpoint, when FEEDS has any.
         self._feeds: CheckpointFeedExporter | None = None
+        #: Requests left pending because an item pipeline raised on one of their items.
+        self._unfinished = 0
         self._last_taken = time.monotonic()
         # Resume state.
         self._processed_before: FingerprintSet | None = None
@@ -136,7 +140,7 @@ class CheckpointExtension:
         crawler.signals.connect(self.request_dropped, signals.request_dropped)
         crawler.signals.connect(self.item_scraped, signals.item_scraped)
         crawler.signals.connect(self.item_done, signals.item_dropped)
-        crawler.signals.connect(self.item_done, signals.item_error)
+        crawler.signals.connect(self.item_failed, signals.item_error)
         crawler.signals.connect(self.scheduler_empty, signals.scheduler_empty)
         crawler.signals.connect(self.spider_idle, signals.spider_idle)
 
@@ -420,13 +424,25 @@ class CheckpointExtension:
             self._maybe_processed(response, work)
         self._added()
 
+    def item_failed(self, item: Any, response: Response | Failure | None, failure: Failure) -> None:
+        """An item pipeline raised (a database down, a bug): the item reached no output, so
+        its page is not marked processed, and a resume does it again."""
+        work = self._work.get(response)
+        if work is not None:
+            work.failed = True
+        self.item_done(response)
+
     def _maybe_processed(self, key: Any, work: _Work) -> None:
         if work.running or work.items or not work.ran:
             return
         del self._work[key]
+        forget(work.item_ids)
+        if work.failed:
+            self._unfinished += 1
+            self.stats.inc_value("checkpoint/pending/item_error")
+            return
         if work.scraped and self._feeds is not None:
             self._feeds.export(work.scraped)
-        forget(work.item_ids)
         self.processed(work.request)
 
     def processed(self, request: Request) -> None:
@@ -596,7 +612,15 @@ class CheckpointExtension:
             return
         while self._flushing is not None:
             await maybe_deferred_to_future(self._flushing)
-        if reason == "finished":
+        if reason == "finished" and self._unfinished:
+            logger.error(
+                "Checkpoint %(id)s: %(n)d requests stay pending because an item pipeline raised on "
+                "one of their items (see the errors above); the checkpoint is saved as failed, and "
+                "-s CHECKPOINT_RESUME=1 does them again",
+                {"id": self.checkpoint.checkpoint_id, "n": self._unfinished},
+            )
+            status, ttl = CheckpointStatus.FAILED, self.settings.ttl
+        elif reason == "finished":
             status, ttl = CheckpointStatus.COMPLETED, self.settings.archive_ttl
         elif reason in STOPPED_REASONS:
             status, ttl = CheckpointStatus.ACTIVE, self.settings.ttl

@@ -70,6 +70,21 @@ def test_processed_waits_for_output_and_items(ext):
     assert batch.item_counts == {"dict": 2}
 
 
+def test_item_error_leaves_request_pending(ext):
+    """A pipeline that raised (a database down) wrote nothing: the page must be done again."""
+    spider = ext.crawler.spider
+    request = Request("http://shop.test/p/8", callback=spider.parse_product)
+    response = response_for(request)
+    item = {"sku": "8"}
+    ext.work_started(response, request)
+    ext.output_item(response, item)
+    ext.work_finished(response)
+    ext.item_failed(item, response, Failure(ConnectionError("down")))
+    assert ext._batch.processed == []
+    assert ext.stats.get_value("checkpoint/pending/item_error") == 1
+    assert response not in ext._work and item_key(item) is None
+
+
 def test_dropped_item_also_completes(ext):
     spider = ext.crawler.spider
     request = Request("http://shop.test/p/9", callback=spider.parse_product)
