@@ -362,3 +362,35 @@ def test_hard_kills_write_each_item_once(tmp_path, shop, mongo_uri_db, db, reque
     assert all(d["checkpoint_id"] is not None for d in docs)
     assert {d["checkpoint_id"] for d in docs} == {checkpoint_id}  # every run resumed the first
     assert {(d["item_type"], d["spider"]) for d in docs} == {("Product", "products")}
+
+
+@pytest.mark.e2e
+def test_outage_leaves_pages_pending_for_a_resume(tmp_path, shop, mongo_server, mongo_uri_db, db):
+    """MongoDB down under the pipeline (not the checkpoint store): the items it failed on
+    leave their pages pending, the crawl ends with its checkpoint failed, and a resume
+    writes them: one document per product."""
+    import demo_support
+
+    from tests.test_e2e import crawl
+    from tests.test_faults import Outage, crawl_through
+
+    url, log, products = shop
+    uri, database = mongo_uri_db
+    extra = {
+        "ITEM_PIPELINES": {"shop.pipelines.JsonLinesPipeline": 300, PIPELINE: 400},
+        "CHECKPOINT_MONGO_ITEMS_URI": uri,
+        "CHECKPOINT_MONGO_ITEMS_DATABASE": database,
+        "CHECKPOINT_STORE_TIMEOUT": 0.5,
+    }
+    outage = Outage([mongo_server], tmp_path / "items.jsonl", tmp_path / "crawl-outage.log",
+                    seen="Error processing", at_items=products // 4)
+    code, _, first_log = crawl_through(outage, url, tmp_path, extra=dict(extra))
+    text = first_log.read_text()
+    assert code == 0, text[-3000:]
+    assert "stay pending because an item pipeline raised" in text and "saved as failed" in text, text[-3000:]
+    assert db["items"].count_documents({}) < products
+    code, _, last_log = crawl(url, tmp_path, resume=True, extra=dict(extra))
+    text = last_log.read_text()
+    assert code == 0 and "Resuming checkpoint" in text and "saved as completed" in text, text[-3000:]
+    skus = [d["item"]["sku"] for d in db["items"].find()]
+    assert len(skus) == len(set(skus)) == products, demo_support.summarize(tmp_path / "items.jsonl", log, products)
