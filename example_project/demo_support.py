@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +105,11 @@ def crawl_command(
     url: str,
     items_file: str | os.PathLike[str],
     extra_settings: Mapping[str, Any] | None = None,
+    *,
+    args: Sequence[str] = (),
 ) -> list[str]:
-    """The ``scrapy crawl`` command line for one run of the demo spider."""
+    """The ``scrapy crawl`` command line for one run of the demo spider; *args* (``-o``,
+    ``-O`` and the like) go at its end."""
     command = [
         sys.executable, "-m", "scrapy", "crawl", SPIDER_NAME,
         "-a", f"base_url={url}",
@@ -114,7 +117,7 @@ def crawl_command(
     ]  # fmt: skip
     for name, value in (extra_settings or {}).items():
         command += ["-s", setting_arg(name, value)]
-    return command
+    return command + list(args)
 
 
 def count_lines(path: str | os.PathLike[str]) -> int:
@@ -165,13 +168,16 @@ def run_crawl(
     *,
     log_path: str | os.PathLike[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    kill_when: Callable[[], bool] | None = None,
+    args: Sequence[str] = (),
 ) -> tuple[int, bool, Path]:
     """Run ``scrapy crawl products`` against *url* and wait for it, or kill it.
 
     The crawl runs in *project_dir* (default: this directory) with stdout and stderr
     going to *log_path* (default: the next free ``crawl-N.log`` beside *items_file*).
-    *env* entries override the inherited environment. The crawl is sent *signal* once
-    *items_file* holds *kill_when_items* lines (counting lines already there), or
+    *env* entries override the inherited environment; *args* are appended to the command
+    line. The crawl is sent *signal* once *items_file* holds *kill_when_items* lines
+    (counting lines already there), once *kill_when* (called every poll) returns true, or
     *kill_after* seconds after it started, whichever comes first.
 
     Returns ``(returncode, killed, log_path)``; ``killed`` is true when the crawl was
@@ -186,7 +192,7 @@ def run_crawl(
     killed = False
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
-            crawl_command(url, items_path, extra_settings),
+            crawl_command(url, items_path, extra_settings, args=args),
             cwd=project_dir or PROJECT_DIR,
             env=child_env,
             stdin=subprocess.DEVNULL,
@@ -203,6 +209,7 @@ def run_crawl(
                     raise CrawlTimeout(timeout, log_file)
                 if not killed and (
                     (kill_when_items is not None and counter.update() >= kill_when_items)
+                    or (kill_when is not None and kill_when())
                     or (kill_after is not None and elapsed >= kill_after)
                 ):
                     process.send_signal(signal)

@@ -330,7 +330,7 @@ class CheckpointFeedExporter(FeedExporter):
             return
         self._attach(template, target)
 
-    def _file_target(self, uri: str, options: dict[str, Any], fresh: bool) -> _FeedFile:
+    def _file_target(self, uri: str, options: dict[str, Any], fresh: bool, open_now: bool = True) -> _FeedFile:
         storage = self._get_storage(uri, options)
         assert isinstance(storage, FileFeedStorage)
         path = Path(storage.path)
@@ -339,7 +339,8 @@ class CheckpointFeedExporter(FeedExporter):
                 target = _FeedFile(path, 0, fresh=True)
             else:
                 target = _FeedFile(path, path.stat().st_size if path.exists() else 0, fresh=False)
-            target.open()
+            if open_now:
+                target.open()
         except OSError as exc:
             raise CheckpointError(f"Feed {path} cannot be opened for writing: {exc}") from exc
         return target
@@ -369,7 +370,8 @@ class CheckpointFeedExporter(FeedExporter):
             return slot
         feed.slot = slot
         if feed.kind == "file":
-            self._attach(uri_template, self._file_target(uri, feed_options, fresh=True))
+            # Opened with its first item, as Scrapy does: a batch that gets none leaves no file.
+            self._attach(uri_template, self._file_target(uri, feed_options, fresh=True, open_now=False))
         else:
             self._attach(uri_template, _FeedFile(self._held_path(uri_template, batch_id), 0, fresh=True))
         return slot
@@ -432,7 +434,8 @@ class CheckpointFeedExporter(FeedExporter):
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            size = -1
+            # Never opened (a held feed or a batch before its first item): nothing to check.
+            size = 0 if length == 0 else -1
         if size < length:
             found = "is missing" if size < 0 else f"has {size} bytes"
             raise CheckpointError(
