@@ -57,11 +57,18 @@ COMMON = {
 }
 
 
+#: Scrapy's feed exporter in place of the add-on's CheckpointFeedExporter.
+PLAIN_FEED = {"scrapy_checkpoint.CheckpointFeedExporter": None, "scrapy.extensions.feedexport.FeedExporter": 0}
+
+
 def contenders(redis_url: str | None, mongo_uri: str | None) -> dict[str, dict]:
     """Settings per contender; ``{state}`` and ``{run}`` are fresh for every run."""
     out = {
         "off": {},
         "sqlite": {"CHECKPOINT_ENABLED": True},
+        # The same crawl with Scrapy's own FeedExporter writing the feed: what the
+        # exactly-once feed handling costs is "sqlite" against this.
+        "sqlite-plainfeed": {"CHECKPOINT_ENABLED": True, "EXTENSIONS": PLAIN_FEED},
         "jobdir": {"JOBDIR": "{state}"},
     }
     mongo = {"CHECKPOINT_MONGO_URI": mongo_uri, "CHECKPOINT_MONGO_DATABASE": "bench_{run}"}
