@@ -1,14 +1,19 @@
 """Helpers to start the demo shop, run (and kill) crawls of it, and count the damage.
 
-Used by ``run_demo.py`` and by the end-to-end tests. Stdlib only, so importing this
+Used by ``run_demo.py``, the end-to-end tests and the benchmarks. Crawls write their items
+with Scrapy's own feed export (``-o``), as a user's would. Stdlib only, so importing this
 module never imports Scrapy: every crawl runs in its own ``scrapy crawl`` subprocess,
 which is what lets a crawl be SIGKILLed like a real crash.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import marshal
 import os
+import pickle
 import selectors
 import signal as _signal
 import subprocess
@@ -18,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEMO_SHOP = PROJECT_DIR / "demo_shop.py"
@@ -103,18 +109,20 @@ def setting_arg(name: str, value: Any) -> str:
 
 def crawl_command(
     url: str,
-    items_file: str | os.PathLike[str],
+    items_file: str | os.PathLike[str] | None,
     extra_settings: Mapping[str, Any] | None = None,
     *,
     args: Sequence[str] = (),
 ) -> list[str]:
-    """The ``scrapy crawl`` command line for one run of the demo spider; *args* (``-o``,
-    ``-O`` and the like) go at its end."""
+    """The ``scrapy crawl`` command line for one run of the demo spider: items go to
+    *items_file* through Scrapy's own feed export (``-o``, JSON lines), as a user would
+    write them; None leaves the feeds to *args* (``-O``, ``-s FEEDS=...``), which go last."""
     command = [
         sys.executable, "-m", "scrapy", "crawl", SPIDER_NAME,
         "-a", f"base_url={url}",
-        "-s", f"DEMO_ITEMS_FILE={os.fspath(items_file)}",
     ]  # fmt: skip
+    if items_file is not None:
+        command += ["-o", f"{os.fspath(items_file)}:jsonlines"]
     for name, value in (extra_settings or {}).items():
         command += ["-s", setting_arg(name, value)]
     return command + list(args)
@@ -149,7 +157,8 @@ class _LineCounter:
         return self.lines
 
 
-def _next_log_path(directory: Path) -> Path:
+def next_log_path(directory: Path) -> Path:
+    """The first free ``crawl-N.log`` in *directory*."""
     n = 1
     while (directory / f"crawl-{n}.log").exists():
         n += 1
@@ -159,7 +168,7 @@ def _next_log_path(directory: Path) -> Path:
 def run_crawl(
     project_dir: str | os.PathLike[str] | None,
     url: str,
-    items_file: str | os.PathLike[str],
+    items_file: str | os.PathLike[str] | None,
     extra_settings: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     kill_after: float | None = None,
@@ -173,7 +182,8 @@ def run_crawl(
 ) -> tuple[int, bool, Path]:
     """Run ``scrapy crawl products`` against *url* and wait for it, or kill it.
 
-    The crawl runs in *project_dir* (default: this directory) with stdout and stderr
+    The crawl runs in *project_dir* (default: this directory), writes its items to the
+    JSON-lines feed *items_file* (None: only the feeds in *args*) with stdout and stderr
     going to *log_path* (default: the next free ``crawl-N.log`` beside *items_file*).
     *env* entries override the inherited environment; *args* are appended to the command
     line. The crawl is sent *signal* once *items_file* holds *kill_when_items* lines
@@ -184,11 +194,13 @@ def run_crawl(
     still running when the signal was sent. Raises :class:`CrawlTimeout` (after a
     SIGKILL) when the crawl is still running after *timeout* seconds.
     """
-    items_path = Path(items_file).resolve()
-    log_file = Path(log_path) if log_path is not None else _next_log_path(items_path.parent)
+    items_path = None if items_file is None else Path(items_file).resolve()
+    if log_path is None and items_path is None:
+        raise ValueError("run_crawl() needs a log_path when it has no items_file")
+    log_file = Path(log_path) if log_path is not None else next_log_path(items_path.parent)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     child_env = {**os.environ, **(env or {})}
-    counter = _LineCounter(items_path)
+    counter = None if items_path is None else _LineCounter(items_path)
     killed = False
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
@@ -208,7 +220,7 @@ def run_crawl(
                     process.wait()
                     raise CrawlTimeout(timeout, log_file)
                 if not killed and (
-                    (kill_when_items is not None and counter.update() >= kill_when_items)
+                    (counter is not None and kill_when_items is not None and counter.update() >= kill_when_items)
                     or (kill_when is not None and kill_when())
                     or (kill_after is not None and elapsed >= kill_after)
                 ):
@@ -270,3 +282,50 @@ def summarize(
         "pages_downloaded_twice": len(repeated),
         "extra_downloads": sum(n - 1 for n in repeated.values()),
     }
+
+
+#: Scrapy's feed formats, by the file extensions it infers them from.
+FEED_FORMATS = {"jsonl": "jsonlines", "jsonlines": "jsonlines", "json": "json", "csv": "csv",
+                "xml": "xml", "marshal": "marshal", "pickle": "pickle"}
+
+
+def parse_feed(data: bytes, fmt: str) -> list[dict[str, Any]]:
+    """Every item of a whole feed file of format *fmt*; ValueError if it is not exactly one
+    well-formed document (JSON: one array; JSON lines: no torn last line; CSV: one header,
+    never repeated, full rows; XML: one ``<items>``; marshal and pickle: whole records)."""
+    try:
+        if fmt == "json":
+            items = json.loads(data)
+            if not isinstance(items, list):
+                raise ValueError("not one JSON array")
+            return items
+        if fmt == "jsonlines":
+            text = data.decode()
+            if text and not text.endswith("\n"):
+                raise ValueError(f"torn last line {text[-100:]!r}")
+            return [json.loads(line) for line in text.splitlines()]
+        if fmt == "csv":
+            rows = list(csv.reader(io.StringIO(data.decode(), newline="")))
+            if not rows:
+                return []
+            header, body = rows[0], rows[1:]
+            for number, row in enumerate(body, 2):
+                if row == header or len(row) != len(header):
+                    raise ValueError(f"row {number} is {'the header again' if row == header else row}")
+            return [dict(zip(header, row)) for row in body]
+        if fmt == "xml":
+            root = ElementTree.fromstring(data)
+            if root.tag != "items" or any(item.tag != "item" for item in root):
+                raise ValueError("not one <items> document of <item> elements")
+            return [{field.tag: field.text for field in item} for item in root]
+        if fmt in ("marshal", "pickle"):
+            load = marshal.load if fmt == "marshal" else pickle.load
+            stream, items = io.BytesIO(data), []
+            while stream.tell() < len(data):
+                items.append(load(stream))
+            return items
+    except ValueError:
+        raise
+    except Exception as exc:  # a JSON, XML, marshal or pickle error: a torn or mixed file
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    raise ValueError(f"unknown feed format {fmt!r}")

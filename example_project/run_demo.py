@@ -4,8 +4,9 @@ Usage::
 
     python example_project/run_demo.py --products 3000 --kills 1 [--workdir DIR]
 
-Starts the demo shop, crawls it, SIGKILLs the crawl each time another
-``products / (kills + 1)`` items are on disk, resumes with ``CHECKPOINT_RESUME=1`` until
+Starts the demo shop, crawls it with its items going to ``items.jsonl`` through Scrapy's own
+feed export (``-o``), SIGKILLs the crawl each time another ``products / (kills + 1)``
+items are in that file, resumes with ``CHECKPOINT_RESUME=1`` until
 a run ends on its own, then prints a summary and a ``DEMO_SUMMARY_JSON {...}`` line.
 Extra Scrapy settings for every run go as ``-s NAME=VALUE`` (e.g. ``-s ADDONS={}`` for a
 baseline without checkpoints). Exits 1 when products were lost or a run failed or timed

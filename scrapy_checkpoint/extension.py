@@ -81,7 +81,7 @@ class _Work:
     yielded: int = 0
     #: The items this work's callback yielded, known to item_key() until the work ends.
     item_ids: list[int] = field(default_factory=list)
-    #: Scraped items waiting for the work to end before they reach the feeds.
+    #: Scraped items, recorded and written to the feeds when the work ends.
     scraped: list[Any] = field(default_factory=list)
     #: An item pipeline raised on one of its items: the request stays pending.
     failed: bool = False
@@ -402,20 +402,25 @@ class CheckpointExtension:
         self._maybe_processed(key, work)
 
     def item_scraped(self, item: Any, response: Response | Failure | None) -> None:
-        item_type = type(item).__name__
-        counts = self._batch.item_counts
-        counts[item_type] = counts.get(item_type, 0) + 1
-        if self.settings.store_items:
-            self._batch.items.append((item_type, ItemAdapter(item).asdict()))
-        if self._feeds is not None:
-            work = self._work.get(response)
-            if work is None:  # no page to wait for (an item yielded by start())
-                self._feeds.export((item,))
-            else:
-                # Feeds get a page's items once the page is processed: the length saved
-                # with its processed mark then covers them all, and never part of a page.
-                work.scraped.append(item)
+        work = self._work.get(response)
+        if work is None:  # no page to wait for (an item yielded by start())
+            self._record_items((item,))
+        else:
+            # A page's items are counted, stored and written to the feeds once the page is
+            # processed, in the batch of its mark: a page redone after a kill adds them once.
+            work.scraped.append(item)
         self.item_done(response)
+
+    def _record_items(self, items: Iterable[Any]) -> None:
+        batch = self._batch
+        counts = batch.item_counts
+        for item in items:
+            item_type = type(item).__name__
+            counts[item_type] = counts.get(item_type, 0) + 1
+            if self.settings.store_items:
+                batch.items.append((item_type, ItemAdapter(item).asdict()))
+        if self._feeds is not None:
+            self._feeds.export(items)
 
     def item_done(self, response: Response | Failure | None) -> None:
         work = self._work.get(response)
@@ -441,8 +446,8 @@ class CheckpointExtension:
             self._unfinished += 1
             self.stats.inc_value("checkpoint/pending/item_error")
             return
-        if work.scraped and self._feeds is not None:
-            self._feeds.export(work.scraped)
+        if work.scraped:
+            self._record_items(work.scraped)
         self.processed(work.request)
 
     def processed(self, request: Request) -> None:

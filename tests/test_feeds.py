@@ -1,23 +1,19 @@
 """Feeds exactly once: real `scrapy crawl` subprocesses writing Scrapy's FEEDS (-o, -O, FEEDS),
 SIGKILLed when the shop has served a random number of product pages, and resumed.
 
-The demo project's own item pipeline is switched off (``ITEM_PIPELINES={}``): only the feed
-files are judged, each parsed whole and strictly. Reproduce a run's kill points with
+Each test names its own feeds; every file is parsed whole and strictly. Reproduce a run's kill points with
 ``CHECKPOINT_TEST_SEED=<seed>`` (printed by every test, and in every kill failure).
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import json
 import marshal
 import pickle
 import random
 import re
 import signal
-import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -127,14 +123,12 @@ def crawl(shop: Shop, tmp_path: Path, args: Sequence[str] = (), *, resume: bool 
         "CHECKPOINT_FLUSH_INTERVAL": 0.5,
         "CHECKPOINT_BATCH_SIZE": 100,
         "CONCURRENT_REQUESTS": 16,
-        # The demo project's own items file is not judged: only the feeds are.
-        "ITEM_PIPELINES": {},
         **(extra or {}),
     }
     if resume:
         settings["CHECKPOINT_RESUME"] = True
     code, killed, log = demo_support.run_crawl(
-        None, shop.url, tmp_path / "pipeline-items.jsonl", settings, env=env, signal=sig,
+        None, shop.url, None, settings, env=env, signal=sig, log_path=demo_support.next_log_path(tmp_path),
         kill_when=kill_when if kill_at is None else shop.served(kill_at), args=args, timeout=CRAWL_TIMEOUT,
     )
     return Run(code, killed, log)
@@ -170,8 +164,6 @@ def kill_and_resume(shop: Shop, tmp_path: Path, rng: random.Random, args: Sequen
             after_kill(n, run)
     runs.append(crawl(shop, tmp_path, args, resume=True, **kwargs))
     assert_finished(runs[-1])
-    # The demo project's pipeline is off: only the feeds were written.
-    assert not (tmp_path / "pipeline-items.jsonl").exists()
     return runs
 
 
@@ -192,38 +184,12 @@ def saved_feeds(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def parse_feed(data: bytes, fmt: str) -> list[dict[str, Any]]:
-    """Every item of a whole feed file; raises if the file is not one well-formed document
-    (JSON: one array; CSV: one header; XML: one <items>; marshal, pickle: whole records)."""
-    if fmt == "json":
-        items = json.loads(data)
-        assert isinstance(items, list), f"not one JSON array: {data[:200]!r}"
-        return items
-    if fmt == "jsonlines":
-        text = data.decode()
-        assert not text or text.endswith("\n"), f"torn last line: {text[-200:]!r}"
-        return [json.loads(line) for line in text.splitlines()]
-    if fmt == "csv":
-        rows = list(csv.reader(io.StringIO(data.decode(), newline="")))
-        if not rows:
-            return []
-        header, body = rows[0], rows[1:]
-        assert header == FIELDS, f"CSV header {header}"
-        for number, row in enumerate(body, 2):
-            assert row != header, f"CSV header again on row {number}"
-            assert len(row) == len(header), f"CSV row {number} has {len(row)} fields: {row}"
-        return [dict(zip(header, row)) for row in body]
-    if fmt == "xml":
-        root = ElementTree.fromstring(data)
-        assert root.tag == "items", root.tag
-        assert all(item.tag == "item" for item in root), [item.tag for item in root][:5]
-        return [{field.tag: field.text for field in item} for item in root]
-    if fmt in ("marshal", "pickle"):
-        load = marshal.load if fmt == "marshal" else pickle.load
-        stream, items = io.BytesIO(data), []
-        while stream.tell() < len(data):
-            items.append(load(stream))
-        return items
-    raise ValueError(fmt)
+    """Every item of a whole feed file (demo_support.parse_feed), whose CSV header is the
+    Product's fields."""
+    items = demo_support.parse_feed(data, fmt)
+    if fmt == "csv" and items:
+        assert list(items[0]) == FIELDS, f"CSV header {list(items[0])}"
+    return items
 
 
 def read_feed(path: Path, fmt: str) -> list[dict[str, Any]]:

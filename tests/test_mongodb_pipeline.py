@@ -329,7 +329,7 @@ def test_hard_kills_write_each_item_once(tmp_path, shop, mongo_uri_db, db, reque
     url, log, products = shop
     uri, database = mongo_uri_db
     extra = {
-        "ITEM_PIPELINES": {"shop.pipelines.JsonLinesPipeline": 300, PIPELINE: 400},
+        "ITEM_PIPELINES": {PIPELINE: 400},
         "CHECKPOINT_MONGO_ITEMS_URI": uri,
         "CHECKPOINT_MONGO_ITEMS_DATABASE": database,
     }
@@ -377,7 +377,7 @@ def test_outage_leaves_pages_pending_for_a_resume(tmp_path, shop, mongo_server, 
     url, log, products = shop
     uri, database = mongo_uri_db
     extra = {
-        "ITEM_PIPELINES": {"shop.pipelines.JsonLinesPipeline": 300, PIPELINE: 400},
+        "ITEM_PIPELINES": {PIPELINE: 400},
         "CHECKPOINT_MONGO_ITEMS_URI": uri,
         "CHECKPOINT_MONGO_ITEMS_DATABASE": database,
         "CHECKPOINT_STORE_TIMEOUT": 0.5,

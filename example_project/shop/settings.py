@@ -18,7 +18,5 @@ LOG_LEVEL = "INFO"
 # them on. Resume a killed crawl with: scrapy crawl products -s CHECKPOINT_RESUME=1
 ADDONS = {"scrapy_checkpoint.Addon": 100}
 CHECKPOINT_ENABLED = True
-
-ITEM_PIPELINES = {"shop.pipelines.JsonLinesPipeline": 300}
-# Relative to the directory the crawl runs in; run_demo.py passes an absolute path.
-DEMO_ITEMS_FILE = "items.jsonl"
+# Items go out through Scrapy's own feed exports, which the add-on makes exactly once
+# across kills: scrapy crawl products -O items.jsonl  (then -s CHECKPOINT_RESUME=1)
