@@ -22,10 +22,10 @@ from twisted.python.failure import Failure
 from ._fingerprints import FingerprintSet
 from ._redact import scrub, secrets_of
 from ._serialization import RequestSerializer
-from .outputs.feeds import CheckpointFeedExporter
-from .outputs.keys import forget, remember
 from .exceptions import CheckpointError, CheckpointNotFound, StoreUnavailable
 from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
+from .outputs.feeds import CheckpointFeedExporter
+from .outputs.keys import forget, remember
 from .settings import CheckpointSettings
 from .stores import store_class
 

@@ -232,7 +232,8 @@ class CheckpointFeedExporter(FeedExporter):
                         "of pages processed from now on only",
                         {"feed": redact_uri(template), "id": checkpoint_id},
                     )
-                self._new_feed(spider, template, options)
+                # Appended to even with -O: a resume never empties a file.
+                self._new_feed(spider, template, options, resuming=True)
             else:
                 self._reopen(spider, template, options, entry, size)
         self._changed = True
@@ -310,7 +311,7 @@ class CheckpointFeedExporter(FeedExporter):
         name = hashlib.sha1(template.encode()).hexdigest()[:12]
         return self._directory / f"{name}-{batch_id}"
 
-    def _new_feed(self, spider: Spider, template: str, options: dict[str, Any]) -> None:
+    def _new_feed(self, spider: Spider, template: str, options: dict[str, Any], resuming: bool = False) -> None:
         uri = apply_uri_params(template, self._get_uri_params(spider, options["uri_params"]))
         kind = self._kind(template, options)
         if kind == "plain":
@@ -323,7 +324,8 @@ class CheckpointFeedExporter(FeedExporter):
             )
         self._feeds[template] = _Feed(template, options, kind, self._slot(1, uri, options, spider, template))
         if kind == "file":
-            target = self._file_target(uri, options, fresh=bool(options.get("overwrite")) or self._batched(options))
+            fresh = self._batched(options) or (bool(options.get("overwrite")) and not resuming)
+            target = self._file_target(uri, options, fresh=fresh)
         elif kind == "held":
             target = _FeedFile(self._held_path(template, 1), 0, fresh=True)
         else:
