@@ -493,10 +493,13 @@ def test_feed_added_and_removed_between_runs(tmp_path, shop, rng):
     print(f"seed {SEED}, kill points {[first, second]}")
     run = crawl(shop, tmp_path, ["-o", str(kept)], kill_at=first)
     assert_killed(run, first)
-    run = crawl(shop, tmp_path, ["-o", str(kept), "-o", str(added)], resume=True, kill_at=second)
+    # -O on a resume empties nothing, not even a feed the checkpoint has not seen before.
+    added.write_bytes(jsonlines_of(OLD_SKUS))
+    run = crawl(shop, tmp_path, ["-O", str(kept), "-O", str(added)], resume=True, kill_at=second)
     assert_killed(run, second)
     assert f"Feed {added} is new since checkpoint" in run.text, run.tail()
     added_bytes = added.read_bytes()
+    assert added_bytes.startswith(jsonlines_of(OLD_SKUS))
     run = crawl(shop, tmp_path, ["-o", str(kept)], resume=True)
     assert_finished(run)
     assert re.search(rf"Feed {re.escape(str(added))} of checkpoint \S+ is no longer in FEEDS: left as it is",
