@@ -25,8 +25,7 @@ from scrapy.extensions.feedexport import (
     FileFeedStorage,
     apply_uri_params,
 )
-from scrapy.utils.asyncio import run_in_thread
-from scrapy.utils.defer import deferred_from_coro, ensure_awaitable
+from scrapy.utils.defer import ensure_awaitable
 
 from .._redact import redact_uri
 from ..exceptions import CheckpointError
@@ -55,6 +54,14 @@ def _tail(path: Path, length: int) -> str:
         os.fsync(fd)
         start = max(0, length - TAIL_BYTES)
         return os.pread(fd, length - start, start).hex()
+    finally:
+        os.close(fd)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -120,6 +127,12 @@ class _Feed:
     target: _FeedFile | None = None
     #: Held batch files complete and waiting for delivery: [uri (redacted), path, items].
     finished: list[list[Any]] = field(default_factory=list)
+    #: Batch files completed since the last state: made durable with it.
+    unsynced: list[str] = field(default_factory=list)
+
+    def _take_unsynced(self) -> list[str]:
+        paths, self.unsynced = self.unsynced, []
+        return paths
 
     def state(self) -> dict[str, Any]:
         slot, target = self.slot, self.target
@@ -141,6 +154,8 @@ class _Feed:
             "exporter": exporter,
             "tail": "",
             "finished": [list(entry) for entry in self.finished],
+            # Not saved: sync() takes it out before the batch is applied.
+            "sync": self._take_unsynced(),
         }
 
 
@@ -176,7 +191,6 @@ class CheckpointFeedExporter(FeedExporter):
         self._state: list[dict[str, Any]] | None = None
         self._changed = True
         self._closed = False
-        self._closing: list[Any] = []
         self._kinds: dict[str, str] = {}
 
     # Without checkpoints: Scrapy's exporter as it is.
@@ -203,7 +217,9 @@ class CheckpointFeedExporter(FeedExporter):
         self._directory = directory / "feeds" / checkpoint_id
         for template, options in self.feeds.items():
             self._new_feed(spider, template, options)
-        return self.snapshot() or []
+        state = self.snapshot() or []
+        self.sync(state)
+        return state
 
     def resume(self, spider: Spider, checkpoint_id: str, directory: Path, saved: list[dict[str, Any]]) -> None:
         """Reopen every feed where the checkpoint left it; CheckpointError (nothing changed
@@ -260,6 +276,8 @@ class CheckpointFeedExporter(FeedExporter):
         """Make *state*'s feeds durable up to their lengths and note their tails (in a
         worker thread, before the batch that carries *state* is applied)."""
         for entry in state or ():
+            for path in entry.pop("sync", ()):
+                _fsync(path)
             if not entry["tail"]:
                 entry["tail"] = _tail(Path(entry["path"]), entry["length"])
 
@@ -276,7 +294,7 @@ class CheckpointFeedExporter(FeedExporter):
             self._finish(feed, completed)
             if feed.kind == "held" and completed:
                 delivered = await self._deliver(feed) and delivered
-        for closing in (*self._closing, *self._pending_close_tasks):
+        for closing in tuple(self._pending_close_tasks):
             await ensure_awaitable(closing)
         await self.crawler.signals.send_catch_log_async(signals.feed_exporter_closed)
         return delivered
@@ -388,8 +406,8 @@ class CheckpointFeedExporter(FeedExporter):
         if feed.kind == "held":
             feed.finished.append([redact_uri(slot.uri), str(slot.storage.path), slot.itemcount])  # type: ignore[attr-defined]
         if file is not None:
-            file.flush()
-            self._closing.append(deferred_from_coro(run_in_thread(_fsync_close, file)))
+            file.close()
+            feed.unsynced.append(str(slot.storage.path))  # type: ignore[attr-defined]
         return None
 
     def _finish(self, feed: _Feed, completed: bool) -> None:
@@ -480,13 +498,6 @@ class CheckpointFeedExporter(FeedExporter):
             for name, value in entry["exporter"].items():
                 setattr(slot.exporter, name, _decode_fields(value) if name == "fields_to_export" else value)
         feed.target = target
-
-
-def _fsync_close(file: IO[bytes]) -> None:
-    try:
-        os.fsync(file.fileno())
-    finally:
-        file.close()
 
 
 def _unredact(uri: str, template: str) -> str:
