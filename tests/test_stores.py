@@ -42,6 +42,8 @@ class StoreContract:
     def test_empty_store(self, store):
         assert store.get("no-such-id") is None
         assert store.find_resumable("products", "shop.test", "product_catalog") is None
+        assert list(store.list_checkpoints()) == []
+        assert store.delete("no-such-id") is False
 
     def test_create_and_get(self, store):
         cp = new_checkpoint()
@@ -161,6 +163,86 @@ class StoreContract:
         store.apply(cp.checkpoint_id, batch(1, items=items, item_counts={"Product": 1, "Review": 1}), TTL)
         assert list(store.items(cp.checkpoint_id)) == items
 
+    def test_list_newest_first_with_each_filter(self, store):
+        made = {}
+        for name, fields in [("a", {}), ("b", {"spider": "reviews"}), ("c", {"site_domain": "other.test"}),
+                             ("d", {"job_type": "product_detail"}), ("e", {})]:
+            cp = new_checkpoint(**fields)
+            store.create(cp)
+            made[name] = cp.checkpoint_id
+            time.sleep(0.002)  # updated_at is kept to the millisecond
+        a, b, c, d, e = made.values()
+        store.apply(a, batch(1, discovered=[discovered(1)], status=CheckpointStatus.COMPLETED), TTL)
+        time.sleep(0.002)
+        store.apply(e, batch(1, status=CheckpointStatus.FAILED), TTL)
+
+        def ids(**filters):
+            return [checkpoint.checkpoint_id for checkpoint in store.list_checkpoints(**filters)]
+
+        assert ids() == [e, a, d, c, b]
+        assert ids(spider="reviews") == [b]
+        assert ids(site_domain="other.test") == [c]
+        assert ids(job_type="product_detail") == [d]
+        assert ids(status="completed") == [a]
+        assert ids(status=CheckpointStatus.FAILED) == [e]
+        assert ids(status="active") == [d, c, b]
+        assert ids(status=["failed", CheckpointStatus.COMPLETED]) == [e, a]
+        assert ids(spider="products", site_domain="shop.test", job_type="product_catalog") == [e, a]
+        assert ids(spider="products", site_domain="shop.test", job_type="product_catalog", status="active") == []
+        assert ids(spider="nobody") == []
+        (listed,) = store.list_checkpoints(status="completed")
+        assert listed == store.get(a)
+        assert listed.pipeline_data.urls_discovered == 1
+        with pytest.raises(ValueError, match="lost"):
+            list(store.list_checkpoints(status="lost"))
+
+    def test_delete_removes_everything(self, store):
+        old, new = new_checkpoint(), new_checkpoint()
+        items = [("Product", {"sku": "A1"})]
+        for cp in (old, new):
+            store.create(cp)
+            store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(i, start=i == 0) for i in range(4)],
+                                                processed=[fp(1), fp(9)], items=items,
+                                                item_counts={"Product": 1}), TTL)
+            time.sleep(0.002)
+        cid = new.checkpoint_id
+        assert store.find_resumable("products", "shop.test", "product_catalog").checkpoint_id == cid
+        assert store.delete(cid) is True
+        assert store.get(cid) is None
+        assert list(store.processed_fingerprints(cid)) == []
+        assert list(store.pending_start_fingerprints(cid)) == []
+        assert store.pending_requests(cid, None, 10)[0] == []
+        assert list(store.items(cid)) == []
+        assert [c.checkpoint_id for c in store.list_checkpoints()] == [old.checkpoint_id]
+        assert store.find_resumable("products", "shop.test", "product_catalog").checkpoint_id == old.checkpoint_id
+        assert store.delete(cid) is False
+        with pytest.raises(KeyError):
+            store.apply(cid, batch(2, processed=[fp(2)]), TTL)
+        # The other checkpoint is whole.
+        kept = old.checkpoint_id
+        assert store.get(kept).pipeline_data.urls_processed == 2
+        assert store.pending_requests(kept, None, 10)[0] == [b"request-0", b"request-2", b"request-3"]
+        assert set(store.pending_start_fingerprints(kept)) == {fp(0)}
+        assert list(store.items(kept)) == items
+        assert store.delete(kept) is True
+        assert store.find_resumable("products", "shop.test", "product_catalog") is None
+        assert list(store.list_checkpoints()) == []
+
+    def test_deleted_checkpoint_can_be_written_again(self, store):
+        """A crawl still running a deleted checkpoint writes it again (the extension does
+        on KeyError): it must start clean, without the old rows."""
+        cp = new_checkpoint()
+        store.create(cp)
+        store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)], items=[("Product", {})],
+                                            item_counts={"Product": 1}), TTL)
+        store.delete(cp.checkpoint_id)
+        store.create(new_checkpoint(checkpoint_id=cp.checkpoint_id))
+        store.apply(cp.checkpoint_id, batch(2, discovered=[discovered(2)]), TTL)
+        data = store.get(cp.checkpoint_id).pipeline_data
+        assert (data.urls_discovered, data.extraction_results.items_scraped) == (1, 0)
+        assert store.pending_requests(cp.checkpoint_id, None, 10)[0] == [b"request-2"]
+        assert list(store.items(cp.checkpoint_id)) == []
+
     def test_close_and_reopen_keeps_state(self, make_store):
         store = make_store()
         store.open()
@@ -259,6 +341,27 @@ class TestSQLiteStore(StoreContract):
         with sqlite3.connect(path) as db:  # left as it was
             assert db.execute("PRAGMA user_version").fetchone()[0] == 0
 
+    def test_delete_leaves_no_row(self, store):
+        cp = new_checkpoint()
+        store.create(cp)
+        store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1), discovered(2)], processed=[fp(1)],
+                                            items=[("Product", {"sku": "A1"})]), TTL)
+        assert store.stored_bytes(cp.checkpoint_id) > len(b"request-2") + 2 * 20
+        assert store.delete(cp.checkpoint_id)
+        for table in ("checkpoints", "requests", "items"):
+            assert store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
+        assert store.stored_bytes(cp.checkpoint_id) is None
+
+    def test_unreadable_record_left_out_of_the_list(self, store, caplog):
+        bad, good = new_checkpoint(), new_checkpoint()
+        store.create(bad)
+        store.create(good)
+        store.db.execute("UPDATE checkpoints SET record = '{\"spider\": 5}' WHERE checkpoint_id = ?",
+                         (bad.checkpoint_id,))
+        assert [c.checkpoint_id for c in store.list_checkpoints()] == [good.checkpoint_id]
+        assert _logged(caplog, logging.WARNING, bad.checkpoint_id, "unreadable")
+        assert store.delete(bad.checkpoint_id)  # how an unreadable one is got rid of
+
     def test_expired_checkpoints_purged_on_open(self, make_store):
         store = make_store()
         store.open()
@@ -304,7 +407,7 @@ class TestRedisStore(StoreContract):
         ttls = self.ttls(client)
         prefix = f"{self.PREFIX}:cp:{cp.checkpoint_id}:"
         assert set(ttls) == {f"{prefix}{kind}" for kind in ("record", "requests", "pending", "processed", "items")} | {
-            f"{self.PREFIX}:resumable"
+            f"{self.PREFIX}:resumable", f"{self.PREFIX}:checkpoints"
         }
         assert all(0 < ttl <= TTL * 1000 for ttl in ttls.values())
         assert store.get(cp.checkpoint_id).expires_at is not None
@@ -312,14 +415,18 @@ class TestRedisStore(StoreContract):
     def test_ttl_refreshed_and_zero_persists(self, store, client):
         cp = new_checkpoint()
         store.create(cp)
+        index = f"{self.PREFIX}:checkpoints"
         store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), 10)
-        assert all(0 < ttl <= 10_000 for ttl in self.ttls(client).values())
+        ttls = self.ttls(client)
+        # The index of all checkpoints outlives the longest TTL it was given (create's).
+        assert 10_000 < ttls.pop(index) <= TTL * 1000
+        assert all(0 < ttl <= 10_000 for ttl in ttls.values())
         store.apply(cp.checkpoint_id, batch(2, discovered=[discovered(2)], processed=[fp(3)]), TTL)
         assert all(10_000 < ttl <= TTL * 1000 for ttl in self.ttls(client).values())
         store.apply(cp.checkpoint_id, batch(3, status=CheckpointStatus.COMPLETED), 0)
         ttls = self.ttls(client)
         assert f"{self.PREFIX}:resumable" not in ttls  # its last entry left when completed
-        assert ttls and all(ttl == -1 for ttl in ttls.values())
+        assert index in ttls and all(ttl == -1 for ttl in ttls.values())
         assert store.get(cp.checkpoint_id).expires_at is None
 
     def test_expired_record_skipped_by_find_resumable(self, store, client):
@@ -331,6 +438,52 @@ class TestRedisStore(StoreContract):
         client.delete(f"{self.PREFIX}:cp:{new.checkpoint_id}:record")  # as if it had expired
         assert store.find_resumable("products", "shop.test", "product_catalog").checkpoint_id == old.checkpoint_id
         assert client.zcard(f"{self.PREFIX}:resumable") == 1
+
+    def test_index_of_all_checkpoints(self, store, client, monkeypatch):
+        """Listing reads one sorted set, scored by expiry: never the keyspace. Completed
+        checkpoints stay in it; expired ones are skipped, and go at the next create."""
+        index = f"{self.PREFIX}:checkpoints"
+        done, kept, expired, lost = (new_checkpoint() for _ in range(4))
+        for cp in (done, kept, expired, lost):
+            store.create(cp)
+        store.apply(done.checkpoint_id, batch(1, status=CheckpointStatus.COMPLETED), 0)
+        store.apply(expired.checkpoint_id, batch(1), 0.05)
+        client.delete(f"{self.PREFIX}:cp:{lost.checkpoint_id}:record")  # as if evicted
+        assert client.zscore(index, done.checkpoint_id) == float("inf")
+        time.sleep(0.1)
+        assert client.zcard(index) == 4
+        calls = []
+        execute = store.client.execute_command
+        monkeypatch.setattr(store.client, "execute_command", lambda *a, **kw: calls.append(a[0]) or execute(*a, **kw))
+        listed = [c.checkpoint_id for c in store.list_checkpoints()]
+        assert listed == [done.checkpoint_id, kept.checkpoint_id]
+        assert "SCAN" not in calls and "KEYS" not in calls
+        store.create(new_checkpoint())
+        assert client.zscore(index, expired.checkpoint_id) is None
+
+    def test_delete_unlinks_keys_and_index_entries(self, store, client):
+        cp = new_checkpoint()
+        store.create(cp)
+        store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1, start=True), discovered(2)],
+                                            processed=[fp(3)], items=[("Product", {"sku": "A1"})]), TTL)
+        assert store.stored_bytes(cp.checkpoint_id) > 0
+        store.apply(cp.checkpoint_id, batch(2, processed=[fp(1)]), TTL)  # the start set goes
+        assert store.stored_bytes(cp.checkpoint_id) > 0
+        assert store.delete(cp.checkpoint_id)
+        assert self.contents(client) == {}  # both indexes emptied, so gone too
+        assert store.stored_bytes(cp.checkpoint_id) is None
+
+    def test_delete_gets_rid_of_a_corrupt_record(self, store, client):
+        cp = new_checkpoint()
+        store.create(cp)
+        key = f"{self.PREFIX}:cp:{cp.checkpoint_id}:record"
+        client.hset(key, "seq", b"many")
+        assert list(store.list_checkpoints()) == []
+        client.delete(key)
+        client.set(key, b"garbage")
+        assert list(store.list_checkpoints()) == []
+        assert store.delete(cp.checkpoint_id)
+        assert client.zcard(f"{self.PREFIX}:checkpoints") == 0
 
     def test_apply_to_missing_checkpoint(self, store):
         with pytest.raises(KeyError, match="no-such-id"):
@@ -772,6 +925,19 @@ class TestMongoDBStore(StoreContract):
         finally:
             store.close()
 
+    def test_delete_leaves_no_document(self, store):
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(1), discovered(2)], processed=[fp(1)],
+                               items=[("Product", {"sku": "A1"})]), TTL)
+        # A batch committed to the journal and not replayed yet (its crawl was killed).
+        store.db["checkpoint_journal"].insert_one(store._journal(cid, batch(2, processed=[fp(2)]), TTL))
+        assert store.delete(cid)
+        for name in ("checkpoints", "checkpoint_urls", "checkpoint_items", "checkpoint_journal"):
+            assert store.db[name].count_documents({"checkpoint_id": cid}) == 0, name
+        assert store.stored_bytes(cid) is None  # MongoDB cannot tell cheaply
+
     def test_user_query_and_session_round_trip(self, store):
         created = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
         query = UserQuery(raw_query="red running shoes under 50", user_id="u1", created_at=created,
@@ -1085,6 +1251,41 @@ class TestHybridFaults:
         store.apply(cid, batch(3, processed=[fp(2)]), TTL)
         assert getattr(store, "mongodb" if ahead == "redis" else "redis").store.get(cid).seq == 1
         assert store.get(cid).seq == 3
+
+    def test_list_takes_the_newer_copy(self, make_hybrid):
+        store = make_hybrid()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1), TTL)
+        store.redis.store.apply(cid, batch(2, status=CheckpointStatus.COMPLETED), TTL)  # MongoDB behind
+        assert [(c.checkpoint_id, c.seq) for c in store.list_checkpoints()] == [(cid, 2)]
+        assert list(store.list_checkpoints(status="active")) == []
+        assert [c.checkpoint_id for c in store.list_checkpoints(status="completed")] == [cid]
+
+    def test_list_and_delete_need_mongodb(self, make_hybrid, servers, client):
+        """MongoDB is the durable copy: a list without it may lack checkpoints, and a delete
+        without it leaves a copy that would come back."""
+        redis_server, mongo_server = servers
+        store = make_hybrid()
+        cp = new_checkpoint()
+        cid = cp.checkpoint_id
+        store.create(cp)
+        store.apply(cid, batch(1, discovered=[discovered(1)]), TTL)
+        client.save()
+        redis_server.stop()
+        assert [c.checkpoint_id for c in store.list_checkpoints()] == [cid]
+        redis_server.start()
+        mongo_server.stop()
+        with pytest.raises(StoreUnavailable, match="MongoDB"):
+            list(store.list_checkpoints())
+        with pytest.raises(StoreUnavailable, match=f"Checkpoint {cid} may still be in MongoDB"):
+            store.delete(cid)
+        assert store.redis.store.get(cid) is None
+        mongo_server.start()
+        assert store.delete(cid) is True
+        assert store.get(cid) is None
+        assert list(store.list_checkpoints()) == []
 
     def test_corrupt_redis_record_uses_mongodb(self, make_hybrid, servers, client, caplog):
         store = make_hybrid()

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from ..models import CheckpointStatus
 
 if TYPE_CHECKING:
     from ..models import Batch, Checkpoint
     from ..settings import CheckpointSettings
+
+#: A status filter: one status, or any of several; None for every status.
+StatusFilter = CheckpointStatus | str | Iterable[CheckpointStatus | str] | None
+
+
+def statuses(status: StatusFilter) -> tuple[str, ...] | None:
+    """A status filter as status values (ValueError for an unknown one); None for all."""
+    if status is None:
+        return None
+    if isinstance(status, (str, CheckpointStatus)):
+        status = [status]
+    return tuple(dict.fromkeys(CheckpointStatus(s).value for s in status))
 
 
 class CheckpointStore(ABC):
@@ -73,6 +87,32 @@ class CheckpointStore(ABC):
     @abstractmethod
     def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Stored items (CHECKPOINT_STORE_ITEMS) as (item type, fields)."""
+
+    @abstractmethod
+    def list_checkpoints(
+        self,
+        spider: str | None = None,
+        site_domain: str | None = None,
+        job_type: str | None = None,
+        status: StatusFilter = None,
+    ) -> Iterator[Checkpoint]:
+        """The checkpoints that match every filter given, newest first (by ``updated_at``).
+
+        Without scanning the store: an index or a query. A record that cannot be read is
+        logged (with its id) and left out, so that one bad record does not hide the rest.
+        """
+
+    @abstractmethod
+    def delete(self, checkpoint_id: str) -> bool:
+        """Remove the checkpoint and everything stored with it (its requests, processed
+        marks, items, journal and index entries); False when the store holds none of it.
+
+        A crawl still writing the checkpoint writes it again from its next batch on."""
+
+    def stored_bytes(self, checkpoint_id: str) -> int | None:
+        """About how many bytes the checkpoint takes in the store, if the store can tell
+        cheaply; None otherwise."""
+        return None
 
     def describe(self) -> str:
         """Where the store is, for logs; never includes a credential."""

@@ -21,7 +21,7 @@ except ImportError as exc:
 from .._redact import scrub, secrets_of
 from ..exceptions import CheckpointError, CorruptCheckpointError, StoreUnavailable
 from ..models import Batch, Checkpoint
-from .base import CheckpointStore
+from .base import CheckpointStore, StatusFilter, statuses
 from .mongodb import MongoDBCheckpointStore
 from .redis import RedisCheckpointStore
 
@@ -421,3 +421,50 @@ class HybridCheckpointStore(CheckpointStore):
 
     def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         return self._source(checkpoint_id).items(checkpoint_id)
+
+    def list_checkpoints(
+        self,
+        spider: str | None = None,
+        site_domain: str | None = None,
+        job_type: str | None = None,
+        status: StatusFilter = None,
+    ) -> Iterator[Checkpoint]:
+        wanted = statuses(status)
+        # Spider, site and job never change; the status does, so it is filtered only once
+        # the newer copy of each checkpoint is known.
+        answers, errors = self._read(lambda store: list(store.list_checkpoints(spider, site_domain, job_type)))
+        # Without MongoDB the list may lack what Redis lost; without Redis, only the progress
+        # of the batches MongoDB missed.
+        self._check_none(answers, errors)
+        newest: dict[str, Checkpoint] = {}
+        for _, checkpoints in answers:  # Redis first: it wins a tie, as in get()
+            for checkpoint in checkpoints:
+                held = newest.get(checkpoint.checkpoint_id)
+                if held is None or checkpoint.seq > held.seq:
+                    newest[checkpoint.checkpoint_id] = checkpoint
+        found = [c for c in newest.values() if wanted is None or c.status.value in wanted]
+        found.sort(key=lambda checkpoint: checkpoint.updated_at, reverse=True)
+        yield from found
+
+    def delete(self, checkpoint_id: str) -> bool:
+        """From both stores; StoreUnavailable when one cannot be reached, since the copy left
+        there would come back (run it again once the store answers)."""
+        with self._lock:
+            deleted = False
+            down: list[str] = []
+            for side in (self.mongodb, self.redis):
+                try:
+                    side.store.open()
+                    deleted = side.store.delete(checkpoint_id) or deleted
+                except _UNAVAILABLE as exc:
+                    down.append(f"{side.label} at {side.store.describe()} ({self._text(exc)})")
+                side.backlog = deque(e for e in side.backlog if e[0] != checkpoint_id)
+                side.events = sum(_weight(e) for _, e, _ in side.backlog)
+                side.stale.discard(checkpoint_id)
+            self._sources.pop(checkpoint_id, None)
+            if down:
+                raise StoreUnavailable(
+                    f"Checkpoint {checkpoint_id} may still be in {' and '.join(down)}: "
+                    "delete it again once the store answers"
+                )
+            return deleted

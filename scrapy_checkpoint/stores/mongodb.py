@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 from .._redact import redact_uri
 from ..exceptions import CorruptCheckpointError, StoreUnavailable
 from ..models import RESUMABLE, Batch, Checkpoint, QuerySession, UserQuery, expiry, utcnow
-from .base import CheckpointStore
+from .base import CheckpointStore, StatusFilter, statuses
 
 try:
     import bson
@@ -248,6 +249,19 @@ def _decode_keys(counts: Any) -> Any:
     return {unquote(k): v for k, v in counts.items()} if isinstance(counts, dict) else counts
 
 
+def _utc(value: Any) -> Any:
+    """A stored date, timezone-aware. The client returns aware dates (tz_aware=True), but a
+    date the nx-27017 stand-in stored from a $set comes back as a naive string; both are UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value  # left for validation to report
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
 def _url_id(checkpoint_id: str, fingerprint: bytes) -> str:
     # A deterministic _id makes every URL upsert a primary-key lookup that cannot race into
     # a duplicate insert.
@@ -472,6 +486,9 @@ class MongoDBCheckpointStore(CheckpointStore):
     def _from_document(self, doc: dict[str, Any]) -> Checkpoint:
         doc.pop("_id", None)
         checkpoint_id = str(doc.get("checkpoint_id"))
+        for name in ("created_at", "updated_at", "expires_at"):
+            if name in doc:
+                doc[name] = _utc(doc[name])
         data = doc.get("pipeline_data")
         if isinstance(data, dict):
             data["pagination_state"] = _decode_keys(data.get("pagination_state", {}))
@@ -501,6 +518,42 @@ class MongoDBCheckpointStore(CheckpointStore):
                 sort=[("updated_at", DESCENDING), ("_id", DESCENDING)],
             )
         return None if doc is None else self._from_document(doc)
+
+    def list_checkpoints(
+        self,
+        spider: str | None = None,
+        site_domain: str | None = None,
+        job_type: str | None = None,
+        status: StatusFilter = None,
+    ) -> Iterator[Checkpoint]:
+        query: dict[str, Any] = {
+            name: value for name, value in
+            (("site_domain", site_domain), ("job_type", job_type), ("spider", spider)) if value is not None
+        }
+        wanted = statuses(status)
+        if wanted is not None:
+            query["status"] = {"$in": list(wanted)}
+        found = []
+        with self._errors():
+            self._recover()
+            with self.db[CHECKPOINTS].find(query, sort=[("_id", DESCENDING)]) as cursor:
+                for doc in cursor:
+                    try:
+                        found.append(self._from_document(doc))
+                    except CorruptCheckpointError as exc:
+                        logger.warning("Left out of the list: %(error)s", {"error": exc})
+        # Sorted here rather than by the server: there is one document per checkpoint, and
+        # the nx-27017 stand-in keeps a $set date as a string, which BSON sorts apart from dates.
+        found.sort(key=lambda checkpoint: checkpoint.updated_at, reverse=True)
+        yield from found
+
+    def delete(self, checkpoint_id: str) -> bool:
+        """The record first: a kill before the rest leaves orphans, which open() purges."""
+        with self._errors():
+            deleted = self.db[CHECKPOINTS].delete_many({"checkpoint_id": checkpoint_id}).deleted_count
+            for name in (URLS, ITEMS, JOURNAL):
+                deleted += self.db[name].delete_many({"checkpoint_id": checkpoint_id}).deleted_count
+        return deleted > 0
 
     # -- batches ---------------------------------------------------------------------------
 

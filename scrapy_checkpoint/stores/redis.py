@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -18,10 +20,12 @@ except ImportError as exc:
 from .._redact import redact_uri
 from ..exceptions import CorruptCheckpointError, StoreUnavailable
 from ..models import Batch, Checkpoint, expiry, utcnow
-from .base import CheckpointStore
+from .base import CheckpointStore, StatusFilter, statuses
 
 if TYPE_CHECKING:
     from ..settings import CheckpointSettings
+
+logger = logging.getLogger(__name__)
 
 #: The keys of one checkpoint, ``{prefix}:cp:{id}:{kind}``, in the order _APPLY takes them.
 _KINDS = ("record", "requests", "pending", "start", "processed", "items")
@@ -41,9 +45,19 @@ local function check_types(types)
   end
 end
 
--- The index is one sorted set whose scores are all 0, so that it sorts by member:
+-- An index outlives the longest TTL given to any of its checkpoints. *left*: its PTTL
+-- before the entry was added (after, a new index would read as persistent).
+local function outlive(index, left, ttl)
+  if ttl == 0 then
+    redis.call('PERSIST', index)
+  elseif left == -2 or (left >= 0 and left < ttl) then
+    redis.call('PEXPIRE', index, ttl)
+  end
+end
+
+-- The resumable index is one sorted set whose scores are all 0, so that it sorts by member:
 -- '<job> <updated_at in microseconds, 16 digits> <checkpoint id>'. Only active and failed
--- checkpoints are in it. It outlives the longest TTL given to any of its checkpoints.
+-- checkpoints are in it.
 local function reindex(record, index, job, id, status, stamp, ttl)
   local old = redis.call('HGET', record, '_indexed')
   if old then redis.call('ZREM', index, old) end
@@ -55,34 +69,41 @@ local function reindex(record, index, job, id, status, stamp, ttl)
   local left = redis.call('PTTL', index)
   redis.call('ZADD', index, 0, member)
   redis.call('HSET', record, '_indexed', member)
-  if ttl == 0 then
-    redis.call('PERSIST', index)
-  elseif left == -2 or (left >= 0 and left < ttl) then
-    redis.call('PEXPIRE', index, ttl)
-  end
+  outlive(index, left, ttl)
+end
+
+-- The index of every checkpoint, whatever its status, scored by when its keys expire (ms
+-- since the epoch, +inf for never), so that the entries of expired checkpoints go by score.
+local function index_all(index, id, expires_ms, ttl)
+  local left = redis.call('PTTL', index)
+  redis.call('ZADD', index, expires_ms or '+inf', id)
+  outlive(index, left, ttl)
 end
 """
 
-# KEYS: record, index. ARGV[1]: JSON {id, job, status, stamp, ttl (ms, 0 = never)};
-# then field, value, field, value... of the record.
+# KEYS: record, resumable index, index of all. ARGV[1]: JSON {id, job, status, stamp, ttl (ms,
+# 0 = never), expires_ms (absent for never), now_ms}; then field, value... of the record.
 _CREATE = _LUA_HELPERS + """
-local err = check_types({'hash', 'zset'})
+local err = check_types({'hash', 'zset', 'zset'})
 if err then return err end
 local h = cjson.decode(ARGV[1])
 redis.call('DEL', KEYS[1])
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if h.ttl > 0 then redis.call('PEXPIRE', KEYS[1], h.ttl) end
 reindex(KEYS[1], KEYS[2], h.job, h.id, h.status, h.stamp, h.ttl)
+-- Once per crawl, not per batch: the entries of checkpoints that expired since.
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', h.now_ms)
+index_all(KEYS[3], h.id, h.expires_ms, h.ttl)
 return 1
 """
 
-# KEYS: the checkpoint's keys in _KINDS order, then the index. ARGV[1]: JSON header (see
+# KEYS: the checkpoint's keys in _KINDS order, then the two indexes. ARGV[1]: JSON header (see
 # RedisCheckpointStore.apply); then fingerprint, request, start ('1'/'0') per discovered
 # request, one fingerprint per processed request, one JSON [type, fields] per item.
 # Returns 1 when applied, 0 for a batch already applied, -1 when the record is missing.
 _APPLY = _LUA_HELPERS + """
-local record, requests, pending, start, processed, items, index = unpack(KEYS)
-local err = check_types({'hash', 'hash', 'zset', 'set', 'set', 'list', 'zset'})
+local record, requests, pending, start, processed, items, index, all = unpack(KEYS)
+local err = check_types({'hash', 'hash', 'zset', 'set', 'set', 'list', 'zset', 'zset'})
 if err then return err end
 if redis.call('EXISTS', record) == 0 then return -1 end
 local h = cjson.decode(ARGV[1])
@@ -150,7 +171,26 @@ for i = 1, 6 do
   if h.ttl == 0 then redis.call('PERSIST', KEYS[i]) else redis.call('PEXPIRE', KEYS[i], h.ttl) end
 end
 reindex(record, index, job, h.id, status, h.stamp, h.ttl)
+index_all(all, h.id, h.expires_ms, h.ttl)
 return 1
+"""
+
+# KEYS: the checkpoint's keys in _KINDS order, then the two indexes. ARGV[1]: its id.
+# Returns how many of its keys there were. A record of the wrong type goes too: deleting is
+# how a corrupt checkpoint is got rid of.
+_DELETE = """
+for i = 7, 8 do
+  local found = redis.call('TYPE', KEYS[i]).ok
+  if found ~= 'none' and found ~= 'zset' then
+    return redis.error_reply('CORRUPT ' .. KEYS[i] .. ' is a ' .. found .. ', not a zset')
+  end
+end
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  local member = redis.call('HGET', KEYS[1], '_indexed')
+  if member then redis.call('ZREM', KEYS[7], member) end
+end
+redis.call('ZREM', KEYS[8], ARGV[1])
+return redis.call('UNLINK', unpack(KEYS, 1, 6))
 """
 
 
@@ -170,6 +210,11 @@ def _stamp() -> str:
     with _stamp_lock:
         _last_stamp = max(time.time_ns() // 1000, _last_stamp + 1)
         return f"{_last_stamp:016d}"
+
+
+def _epoch_ms(moment: datetime | None) -> str | None:
+    """Milliseconds since the epoch, as a sorted-set score."""
+    return None if moment is None else str(round(moment.timestamp() * 1000))
 
 
 def _job(spider: str, site_domain: str, job_type: str) -> str:
@@ -214,7 +259,8 @@ class RedisCheckpointStore(CheckpointStore):
     requests only), ``pending`` (sorted set: fingerprints by discovery position), ``start``
     (set: pending start requests), ``processed`` (set) and ``items`` (list of JSON). All of
     them expire together, ``ttl`` seconds after the last batch. ``{prefix}:resumable`` indexes
-    the active and failed checkpoints so that resuming never scans the keyspace.
+    the active and failed checkpoints so that resuming never scans the keyspace, and
+    ``{prefix}:checkpoints`` all of them (for listing), by when they expire.
 
     A batch is one EVALSHA: Redis runs the script alone, so other clients see all of the
     batch or none of it.
@@ -227,6 +273,7 @@ class RedisCheckpointStore(CheckpointStore):
         self.prefix = prefix
         self.timeout = timeout
         self._index = f"{prefix}:resumable"
+        self._all = f"{prefix}:checkpoints"
         self._client: redis.Redis | None = None
 
     @classmethod
@@ -252,6 +299,7 @@ class RedisCheckpointStore(CheckpointStore):
             client.ping()
         self._create = client.register_script(_CREATE)
         self._apply = client.register_script(_APPLY)
+        self._delete = client.register_script(_DELETE)
         self._client = client
 
     def close(self) -> None:
@@ -279,6 +327,11 @@ class RedisCheckpointStore(CheckpointStore):
 
     def _key(self, checkpoint_id: str, kind: str) -> str:
         return f"{self.prefix}:cp:{checkpoint_id}:{kind}"
+
+    def _keys(self, checkpoint_id: str) -> list[str]:
+        """The checkpoint's keys in _KINDS order, then the two indexes: what _APPLY and
+        _DELETE take."""
+        return [self._key(checkpoint_id, kind) for kind in _KINDS] + [self._index, self._all]
 
     def _read_record(self, checkpoint_id: str, raw: dict[bytes, bytes]) -> Checkpoint:
         try:
@@ -308,22 +361,26 @@ class RedisCheckpointStore(CheckpointStore):
         return Checkpoint.parse(record, checkpoint_id=checkpoint_id, where=self.describe())
 
     def create(self, checkpoint: Checkpoint) -> None:
+        now = utcnow()
         if checkpoint.expires_at is None:
             ttl = 0.0
         else:
-            ttl = max((checkpoint.expires_at - utcnow()).total_seconds(), 0.001)
+            ttl = max((checkpoint.expires_at - now).total_seconds(), 0.001)
         header = {
             "id": checkpoint.checkpoint_id,
             "job": _job(checkpoint.spider, checkpoint.site_domain, checkpoint.job_type),
             "status": checkpoint.status.value,
             "stamp": _stamp(),
             "ttl": _ttl_ms(ttl),
+            "expires_ms": _epoch_ms(now + timedelta(seconds=ttl)) if ttl else None,
+            "now_ms": _epoch_ms(now),
         }
-        args: list[Any] = [json.dumps(header)]
+        args: list[Any] = [json.dumps({k: v for k, v in header.items() if v is not None})]
         for field, value in _record_fields(checkpoint).items():
             args += (field, value)
+        keys = [self._key(checkpoint.checkpoint_id, "record"), self._index, self._all]
         with self._errors(checkpoint.checkpoint_id):
-            self._create(keys=[self._key(checkpoint.checkpoint_id, "record"), self._index], args=args)
+            self._create(keys=keys, args=args)
 
     def get(self, checkpoint_id: str) -> Checkpoint | None:
         with self._errors(checkpoint_id):
@@ -354,6 +411,7 @@ class RedisCheckpointStore(CheckpointStore):
             "stamp": _stamp(),
             "updated_at": now.isoformat(),
             "expires_at": expires_at.isoformat() if expires_at else None,
+            "expires_ms": _epoch_ms(expires_at),
             "status": batch.status.value if batch.status else None,
             "pipeline_step": batch.pipeline_step,
             "current_page": batch.current_page,
@@ -371,9 +429,8 @@ class RedisCheckpointStore(CheckpointStore):
             args += (request.fingerprint, request.data, int(request.start))
         args += batch.processed
         args += (json.dumps([item_type, item], default=str) for item_type, item in batch.items)
-        keys = [self._key(checkpoint_id, kind) for kind in _KINDS] + [self._index]
         with self._errors(checkpoint_id):
-            applied = self._apply(keys=keys, args=args)
+            applied = self._apply(keys=self._keys(checkpoint_id), args=args)
         if applied < 0:
             raise KeyError(f"checkpoint {checkpoint_id} is not in {self.describe()}")
 
@@ -411,3 +468,68 @@ class RedisCheckpointStore(CheckpointStore):
                 yield item_type, item
             if len(chunk) < _PAGE:
                 return
+
+    def list_checkpoints(
+        self,
+        spider: str | None = None,
+        site_domain: str | None = None,
+        job_type: str | None = None,
+        status: StatusFilter = None,
+    ) -> Iterator[Checkpoint]:
+        wanted = statuses(status)
+        fixed = {"spider": spider, "site_domain": site_domain, "job_type": job_type}
+        with self._errors():
+            # Entries of expired checkpoints stay until the next create() removes them.
+            ids = [i.decode() for i in self.client.zrangebyscore(self._all, f"({_epoch_ms(utcnow())}", "+inf")]
+        # First the few fields the filters need, then the matching records whole.
+        heads = ("status", *fixed)
+        matched = []
+        for checkpoint_id, row in zip(ids, self._pipelined(ids, lambda pipe, key: pipe.hmget(key, heads))):
+            if isinstance(row, redis.ResponseError):
+                matched.append(checkpoint_id)  # not a hash: read, and reported, below
+                continue
+            values = [None if v is None else v.decode(errors="replace") for v in row]
+            if values[0] is None:
+                continue  # expired meanwhile
+            if (wanted is None or values[0] in wanted) and all(
+                want is None or value == want for want, value in zip(fixed.values(), values[1:])
+            ):
+                matched.append(checkpoint_id)
+        found = []
+        for checkpoint_id, raw in zip(matched, self._pipelined(matched, lambda pipe, key: pipe.hgetall(key))):
+            try:
+                if isinstance(raw, redis.ResponseError):
+                    raise CorruptCheckpointError(checkpoint_id, self.describe(), str(raw))
+                if raw:
+                    found.append(self._read_record(checkpoint_id, raw))
+            except CorruptCheckpointError as exc:
+                logger.warning("Left out of the list: %(error)s", {"error": exc})
+        found.sort(key=lambda checkpoint: checkpoint.updated_at, reverse=True)
+        yield from found
+
+    def _pipelined(self, ids: list[str], command: Callable[[Any, str], Any]) -> Iterator[Any]:
+        """*command* on the record of each checkpoint, _PAGE per round trip; a reply that is an
+        error comes back as the exception."""
+        for start in range(0, len(ids), _PAGE):
+            with self._errors():
+                pipe = self.client.pipeline(transaction=False)
+                for checkpoint_id in ids[start:start + _PAGE]:
+                    command(pipe, self._key(checkpoint_id, "record"))
+                yield from pipe.execute(raise_on_error=False)
+
+    def delete(self, checkpoint_id: str) -> bool:
+        with self._errors():
+            return self._delete(keys=self._keys(checkpoint_id), args=[checkpoint_id]) > 0
+
+    def stored_bytes(self, checkpoint_id: str) -> int | None:
+        """What MEMORY USAGE estimates for the checkpoint's keys (it samples large ones)."""
+        with self._errors():
+            pipe = self.client.pipeline(transaction=False)
+            for kind in _KINDS:
+                pipe.memory_usage(self._key(checkpoint_id, kind))
+            try:
+                sizes = pipe.execute()
+            except redis.ResponseError:  # MEMORY disabled, as some hosted Redis do
+                return None
+        # None for a key that does not exist: the record, or a set that is empty now.
+        return sum(size or 0 for size in sizes) if sizes[0] is not None else None

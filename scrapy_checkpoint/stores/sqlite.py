@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import CheckpointError
+from ..exceptions import CheckpointError, CorruptCheckpointError
 from ..models import RESUMABLE, Batch, Checkpoint, utcnow
-from .base import CheckpointStore
+from .base import CheckpointStore, StatusFilter, statuses
 
 if TYPE_CHECKING:
     from ..settings import CheckpointSettings
+
+logger = logging.getLogger(__name__)
 
 FILENAME = "checkpoints.sqlite3"
 #: PRAGMA user_version of the layout below; a file of another version is refused, not mangled.
@@ -178,13 +181,18 @@ class SQLiteCheckpointStore(CheckpointStore):
             expired = [r for r in db.execute(
                 "SELECT id FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at < ?", (now,)
             )]
-            for table in ("requests", "items"):
-                db.executemany(f"DELETE FROM {table} WHERE checkpoint = ?", expired)
-            db.executemany("DELETE FROM checkpoints WHERE id = ?", expired)
+            self._delete_rows(db, expired)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _delete_rows(db: sqlite3.Connection, keys: list[tuple[int]]) -> int:
+        """Delete the checkpoints of these integer keys, and their rows; how many records went."""
+        for table in ("requests", "items"):
+            db.executemany(f"DELETE FROM {table} WHERE checkpoint = ?", keys)
+        return db.executemany("DELETE FROM checkpoints WHERE id = ?", keys).rowcount
 
     def _write_record(self, checkpoint: Checkpoint) -> None:
         self.db.execute(
@@ -347,3 +355,60 @@ class SQLiteCheckpointStore(CheckpointStore):
             ).fetchall()
         for item_type, item in rows:
             yield item_type, json.loads(item)
+
+    def list_checkpoints(
+        self,
+        spider: str | None = None,
+        site_domain: str | None = None,
+        job_type: str | None = None,
+        status: StatusFilter = None,
+    ) -> Iterator[Checkpoint]:
+        where: list[str] = []
+        params: list[str] = []
+        for column, value in (("spider", spider), ("site_domain", site_domain), ("job_type", job_type)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        wanted = statuses(status)
+        if wanted is not None:
+            where.append(f"status IN ({', '.join('?' * len(wanted))})")
+            params += wanted
+        query = "SELECT checkpoint_id, record FROM checkpoints"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self.db.execute(query + " ORDER BY updated_at DESC, id DESC", params).fetchall()
+        for checkpoint_id, record in rows:
+            try:
+                yield self._read_record(checkpoint_id, record)
+            except CorruptCheckpointError as exc:
+                logger.warning("Left out of the list: %(error)s", {"error": exc})
+
+    def delete(self, checkpoint_id: str) -> bool:
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self._delete_rows(db, [(self._key(checkpoint_id),)])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        if self._wal_size() > WAL_CHECKPOINT_BYTES:
+            self._wal_grew.set()
+        return deleted > 0
+
+    def stored_bytes(self, checkpoint_id: str) -> int | None:
+        """The bytes of the checkpoint's values (record, requests, items), without the
+        file's own overhead (pages, indexes)."""
+        with self._lock:
+            key = self._key(checkpoint_id)
+            if key < 0:
+                return None
+            return self.db.execute(
+                "SELECT (SELECT LENGTH(CAST(record AS BLOB)) FROM checkpoints WHERE id = :key)"
+                " + (SELECT COALESCE(SUM(LENGTH(fingerprint) + COALESCE(LENGTH(CAST(url AS BLOB)), 0)"
+                "    + COALESCE(LENGTH(request), 0)), 0) FROM requests WHERE checkpoint = :key)"
+                " + (SELECT COALESCE(SUM(LENGTH(CAST(item AS BLOB))), 0) FROM items WHERE checkpoint = :key)",
+                {"key": key},
+            ).fetchone()[0]

@@ -1,0 +1,509 @@
+"""``scrapy checkpoint``: list, show, delete, prune and export the checkpoints of a store."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import sys
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, ClassVar
+
+from scrapy.commands import ScrapyCommand
+from scrapy.exceptions import UsageError
+from scrapy.utils.conf import feed_complete_default_values_from_settings, feed_process_params_from_cli
+from scrapy.utils.misc import load_object
+from w3lib.url import file_uri_to_path
+
+from .._redact import scrub, secrets_of
+from ..exceptions import CheckpointError, CorruptCheckpointError
+from ..models import Checkpoint, CheckpointStatus, utcnow
+from ..settings import CheckpointSettings
+from ..stores import SQLiteCheckpointStore, store_class
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable, Iterator, Sequence
+
+    from ..stores import CheckpointStore
+
+SUBCOMMANDS = ("list", "show", "delete", "prune", "export")
+#: Each option's flag, and the subcommands that take it.
+OPTIONS: dict[str, tuple[str, frozenset[str]]] = {
+    "spider": ("--spider", frozenset({"list", "prune"})),
+    "site": ("--site", frozenset({"list", "prune"})),
+    "job": ("--job", frozenset({"list", "prune"})),
+    "status": ("--status", frozenset({"list", "prune"})),
+    "older_than": ("--older-than", frozenset({"prune"})),
+    "dry_run": ("--dry-run", frozenset({"prune"})),
+    "json": ("--json", frozenset({"list", "show", "delete", "prune"})),
+    "output": ("-o", frozenset({"export"})),
+    "overwrite_output": ("-O", frozenset({"export"})),
+}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)([dhms])")
+_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+#: Pagination entries ``show`` prints before "... and N more" (--json has them all).
+SHOWN_LISTINGS = 20
+#: Exit statuses: a command line that cannot be right, and everything else that fails.
+USAGE_ERROR, ERROR = 2, 1
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """*text* on one line (pydantic and pymongo errors span several), cut at *limit*."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _OneLineFormatter(logging.Formatter):
+    """The stores' warnings (a record left out of a list, a store down) on stderr, one line
+    each; stdout stays the command's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _one_line(f"{record.levelname}: {record.getMessage()}")
+
+
+class _Failure(Exception):
+    """Ends the command: the message is its one line on stderr."""
+
+    def __init__(self, message: str, exitcode: int = ERROR) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+
+def parse_duration(value: str) -> timedelta:
+    """``30d``, ``12h``, ``90m`` or ``45s`` as a timedelta; ValueError otherwise."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(value)
+    return timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _when(moment: datetime | None) -> str:
+    """A time for people: UTC, to the second."""
+    return "never" if moment is None else _utc(moment).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _pending(checkpoint: Checkpoint) -> int:
+    data = checkpoint.pipeline_data
+    return max(data.urls_discovered - data.urls_processed, 0)
+
+
+def document(checkpoint: Checkpoint) -> dict[str, Any]:
+    """A checkpoint for --json: every field of the record, plus ``urls_pending``."""
+    return {**checkpoint.model_dump(mode="json"), "urls_pending": _pending(checkpoint)}
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
+    """Aligned columns two spaces apart; the columns in *right* aligned right (numbers)."""
+    cells = [list(map(str, headers)), *([str(cell) for cell in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    right = set(right)
+    return "\n".join(
+        "  ".join(cell.rjust(width) if i in right else cell.ljust(width)
+                  for i, (cell, width) in enumerate(zip(row, widths))).rstrip()
+        for row in cells
+    )
+
+
+LIST_HEADERS = ("ID", "SPIDER", "SITE", "JOB", "STATUS", "DISCOVERED", "PROCESSED", "PENDING", "ITEMS",
+                "UPDATED (UTC)", "EXPIRES (UTC)")
+
+
+def checkpoint_table(checkpoints: Iterable[Checkpoint]) -> str:
+    rows = [
+        (c.checkpoint_id, c.spider, c.site_domain, c.job_type, c.status.value,
+         c.pipeline_data.urls_discovered, c.pipeline_data.urls_processed, _pending(c),
+         c.pipeline_data.extraction_results.items_scraped, _when(c.updated_at), _when(c.expires_at))
+        for c in checkpoints
+    ]
+    return table(LIST_HEADERS, rows, right=range(5, 9))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "unknown"
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit} ({size} bytes)"
+    return f"{size} bytes"
+
+
+def show_lines(checkpoint: Checkpoint, store: str, size: int | None) -> list[str]:
+    """``show`` for people: one field a line, lists indented below their field."""
+    data = checkpoint.pipeline_data
+    results = data.extraction_results
+    status = checkpoint.status.value
+    if checkpoint.resumable:
+        status += f" (resume: scrapy crawl {checkpoint.spider} -s CHECKPOINT_ID={checkpoint.checkpoint_id})"
+    by_type = ", ".join(f"{name} {count}" for name, count in sorted(results.by_type.items()))
+    fields: list[tuple[str, Any]] = [
+        ("Checkpoint", checkpoint.checkpoint_id),
+        ("Store", store),
+        ("Spider", checkpoint.spider),
+        ("Site", checkpoint.site_domain),
+        ("Job type", checkpoint.job_type),
+        ("Status", status),
+        ("Pipeline step", checkpoint.pipeline_step),
+        ("Batches", checkpoint.seq),
+        ("Created", f"{_when(checkpoint.created_at)} UTC"),
+        ("Updated", f"{_when(checkpoint.updated_at)} UTC"),
+        ("Expires", "never" if checkpoint.expires_at is None else f"{_when(checkpoint.expires_at)} UTC"),
+        ("Size in store", _size(size)),
+        ("URLs", f"{data.urls_discovered} discovered, {data.urls_processed} processed, "
+                 f"{_pending(checkpoint)} pending"),
+        ("Items", f"{results.items_scraped}" + (f" ({by_type})" if by_type else "")),
+        ("Current page", "none" if data.current_page is None else data.current_page),
+        ("Pagination", _count(len(data.pagination_state), "listing") if data.pagination_state else "none"),
+    ]
+    width = max(len(name) for name, _ in fields) + 2
+    lines = [f"{name:<{width}}{value}" for name, value in fields]
+    if data.pagination_state:
+        listings = sorted(data.pagination_state.items())
+        lines += table(("  LISTING", "LAST PAGE"),
+                       [(f"  {url}", page) for url, page in listings[:SHOWN_LISTINGS]], right=[1]).splitlines()
+        if len(listings) > SHOWN_LISTINGS:
+            lines.append(f"  ... and {len(listings) - SHOWN_LISTINGS} more (--json shows them all)")
+    lines.append(f"{'Spider state':<{width}}{json.dumps(data.state, sort_keys=True, default=str)}")
+    lines.append(f"{'Outputs':<{width}}" + (_count(len(data.outputs), "feed") if data.outputs else "none"))
+    if data.outputs:
+        lines += table(
+            ("  FEED", "ITEMS", "BYTES", "BATCH"),
+            [(f"  {o.get('feed', o.get('uri', '?'))}", o.get("items", "?"), o.get("length", "?"),
+              o.get("batch_id", "?")) for o in data.outputs],
+            right=[1, 2, 3],
+        ).splitlines()
+    return lines
+
+
+class Command(ScrapyCommand):
+    """``scrapy checkpoint list|show|delete|prune|export``, on the store the settings select."""
+
+    requires_project = False
+    requires_crawler_process = False
+    default_settings: ClassVar[dict[str, Any]] = {"LOG_ENABLED": False}
+
+    def syntax(self) -> str:
+        return "list|show|delete|prune|export [ID ...] [options]"
+
+    def short_desc(self) -> str:
+        return "List, show, delete, prune or export checkpoints"
+
+    def long_desc(self) -> str:
+        return (
+            "Work on the checkpoints of the store the project's settings select (-s overrides "
+            "them; CHECKPOINT_ENABLED need not be on). "
+            "list [--spider S] [--site D] [--job J] [--status S ...]: newest first. "
+            "show ID: one checkpoint, every field. "
+            "delete ID [ID ...]: a checkpoint and everything stored with it. "
+            "prune [--older-than DURATION] [--status S ...] [--spider S] [--site D] [--job J] [--dry-run]: "
+            "delete the checkpoints selected. "
+            "export ID -o FILE: its stored items (CHECKPOINT_STORE_ITEMS), in the format of "
+            "FILE's extension, as scrapy crawl -o writes them. "
+            "Exit status: 0 done, 1 an unknown id or a store that failed, 2 a bad command line."
+        )
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        group = parser.add_argument_group("Checkpoint Options")
+        group.add_argument("--spider", metavar="NAME", help="list, prune: only checkpoints of this spider")
+        group.add_argument("--site", metavar="DOMAIN", help="list, prune: only checkpoints of this site domain")
+        group.add_argument("--job", metavar="TYPE", help="list, prune: only checkpoints of this job type")
+        group.add_argument(
+            "--status", action="extend", nargs="+", metavar="STATUS",
+            help="list, prune: only checkpoints of these statuses (active, completed, failed)",
+        )
+        group.add_argument(
+            "--older-than", metavar="DURATION",
+            help="prune: only checkpoints last updated longer ago than DURATION (30d, 12h, 90m, 45s)",
+        )
+        group.add_argument("--dry-run", action="store_true", help="prune: print what would go, delete nothing")
+        group.add_argument("--json", action="store_true",
+                           help="list, show, delete, prune: print one JSON document, no table")
+        group.add_argument(
+            "-o", "--output", metavar="FILE", action="append",
+            help="export: append the items to FILE (format from its extension, or FILE:FORMAT; - for stdout)",
+        )
+        group.add_argument("-O", "--overwrite-output", metavar="FILE", action="append",
+                           help="export: write the items to FILE, replacing it")
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_OneLineFormatter())
+        package = logging.getLogger("scrapy_checkpoint")
+        package.addHandler(handler)
+        package.setLevel(logging.WARNING)
+        package.propagate = False
+        try:
+            subcommand, ids = self._check_command_line(args, opts)
+            with ExitStack() as stack:
+                store = self._open_store(stack)
+                getattr(self, f"_{subcommand}")(store, ids, opts)
+        except _Failure as failure:
+            print(failure, file=sys.stderr)
+            self.exitcode = failure.exitcode
+
+    # -- the command line ------------------------------------------------------------------
+
+    def _check_command_line(self, args: list[str], opts: argparse.Namespace) -> tuple[str, list[str]]:
+        if not args:
+            raise _Failure(f"Missing subcommand: scrapy checkpoint {self.syntax()}", USAGE_ERROR)
+        subcommand, ids = args[0], args[1:]
+        if subcommand not in SUBCOMMANDS:
+            raise _Failure(f"Unknown subcommand {subcommand!r}: use one of {', '.join(SUBCOMMANDS)}.", USAGE_ERROR)
+        for arg in ids:
+            if arg.startswith("-"):
+                raise _Failure(f"Unknown option {arg!r} (scrapy checkpoint -h lists them).", USAGE_ERROR)
+        for dest, (flag, subcommands) in OPTIONS.items():
+            if getattr(opts, dest) not in (None, False, []) and subcommand not in subcommands:
+                raise _Failure(f"{flag} is an option of {' and '.join(sorted(subcommands))}, "
+                               f"not of {subcommand}.", USAGE_ERROR)
+        wanted = {"list": (0, 0), "prune": (0, 0), "show": (1, 1), "export": (1, 1), "delete": (1, None)}
+        least, most = wanted[subcommand]
+        if len(ids) < least or (most is not None and len(ids) > most):
+            what = {0: "no checkpoint id", 1: "one checkpoint id"}[most] if most is not None else "checkpoint ids"
+            raise _Failure(f"scrapy checkpoint {subcommand} takes {what}, not {len(ids)}.", USAGE_ERROR)
+        valid = [s.value for s in CheckpointStatus]
+        for status in opts.status or ():
+            if status not in valid:
+                raise _Failure(f"--status ({status!r}) must be one of {', '.join(valid)}.", USAGE_ERROR)
+        opts.age = None
+        if opts.older_than is not None:
+            try:
+                opts.age = parse_duration(opts.older_than)
+            except ValueError:
+                raise _Failure(
+                    f"--older-than ({opts.older_than!r}) must be a duration: a number and d, h, m or s, "
+                    "as in 30d, 12h, 90m, 45s.", USAGE_ERROR,
+                ) from None
+        if subcommand == "prune" and not any((opts.age is not None, opts.status, opts.spider, opts.site, opts.job)):
+            raise _Failure("prune needs --older-than, --status, --spider, --site or --job to select "
+                           "what it deletes.", USAGE_ERROR)
+        if subcommand == "export" and len((opts.output or []) + (opts.overwrite_output or [])) != 1:
+            raise _Failure("export needs one -o FILE (append) or -O FILE (overwrite).", USAGE_ERROR)
+        return subcommand, ids
+
+    # -- the store -------------------------------------------------------------------------
+
+    def _open_store(self, stack: ExitStack) -> CheckpointStore | None:
+        """The store the settings select, open; None for an SQLite file that does not exist
+        yet (no checkpoint to show, and nothing created by looking)."""
+        assert self.settings is not None
+        settings = self.settings.copy()
+        # The command is about checkpoints: it reads their store whether crawls use it or not.
+        settings.set("CHECKPOINT_ENABLED", True, priority="cmdline")
+        self._secrets = secrets_of(settings.get("CHECKPOINT_REDIS_URL")) | secrets_of(
+            settings.get("CHECKPOINT_MONGO_URI"))
+        self._where = "the checkpoint store"
+        with self._store_errors():
+            checkpoint_settings = CheckpointSettings.from_settings(settings)
+            store = store_class(checkpoint_settings).from_checkpoint_settings(checkpoint_settings)
+            self._where = store.describe()
+            if isinstance(store, SQLiteCheckpointStore) and not store.path.exists():
+                return None
+            store.open()
+        stack.callback(self._close, store)
+        return store
+
+    def _close(self, store: CheckpointStore) -> None:
+        with self._store_errors():
+            store.close()
+
+    @contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        """Whatever a store call raises, as the command's one-line failure."""
+        try:
+            yield
+        except _Failure:
+            raise
+        except Exception as exc:
+            raise _Failure(self._error_line(exc)) from None
+
+    def _error_line(self, exc: BaseException) -> str:
+        """One line for a failed store call: the store's own message when it has one (they
+        name the store, redacted), else the store and the exception; never a secret."""
+        if isinstance(exc, (CheckpointError, ValueError, ImportError)):
+            text = str(exc)
+        else:
+            text = f"{self._where} failed: {type(exc).__name__}: {exc}"
+        return _one_line(scrub(text, self._secrets))
+
+    def _get(self, store: CheckpointStore | None, checkpoint_id: str) -> Checkpoint:
+        try:
+            with self._store_errors():
+                checkpoint = None if store is None else store.get(checkpoint_id)
+        except _Failure as failure:
+            if isinstance(failure.__context__, CorruptCheckpointError):
+                raise _Failure(f"{failure} (scrapy checkpoint delete {checkpoint_id} removes it)") from None
+            raise
+        if checkpoint is None:
+            raise _Failure(f"No checkpoint {checkpoint_id} in {self._where}.")
+        return checkpoint
+
+    def _guarded(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """*iterable*, a store's, with its errors turned into the command's failure (and not
+        those of the code that consumes it)."""
+        iterator = iter(iterable)
+        while True:
+            with self._store_errors():
+                try:
+                    value = next(iterator)
+                except StopIteration:
+                    return
+            yield value
+
+    def _select(self, store: CheckpointStore | None, opts: argparse.Namespace) -> list[Checkpoint]:
+        if store is None:
+            return []
+        with self._store_errors():
+            return list(store.list_checkpoints(opts.spider, opts.site, opts.job, opts.status))
+
+    # -- subcommands -----------------------------------------------------------------------
+
+    def _list(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
+        checkpoints = self._select(store, opts)
+        if opts.json:
+            _print_json([document(c) for c in checkpoints])
+        elif checkpoints:
+            print(checkpoint_table(checkpoints))
+        else:
+            print(f"No checkpoints in {self._where}{_selection(opts)}.", file=sys.stderr)
+
+    def _show(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
+        checkpoint = self._get(store, ids[0])
+        assert store is not None
+        with self._store_errors():
+            size = store.stored_bytes(checkpoint.checkpoint_id)
+        if opts.json:
+            _print_json({**document(checkpoint), "stored_bytes": size, "store": self._where})
+        else:
+            print("\n".join(show_lines(checkpoint, self._where, size)))
+
+    def _delete(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
+        deleted, missing = [], []
+        for checkpoint_id in dict.fromkeys(ids):
+            with self._store_errors():
+                found = store is not None and store.delete(checkpoint_id)
+            (deleted if found else missing).append(checkpoint_id)
+        if opts.json:
+            _print_json({"deleted": deleted, "not_found": missing})
+        else:
+            for checkpoint_id in deleted:
+                print(f"Deleted checkpoint {checkpoint_id}.")
+        if missing:
+            raise _Failure("\n".join(f"No checkpoint {i} in {self._where}." for i in missing))
+
+    def _prune(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
+        cutoff = None if opts.age is None else utcnow() - opts.age
+        selected = [c for c in self._select(store, opts) if cutoff is None or _utc(c.updated_at) < cutoff]
+        pruned = []
+        for checkpoint in selected:
+            if not opts.dry_run:
+                assert store is not None
+                with self._store_errors():
+                    if not store.delete(checkpoint.checkpoint_id):
+                        continue  # gone meanwhile (expired, or another prune)
+            pruned.append(checkpoint)
+        if opts.json:
+            _print_json({"dry_run": opts.dry_run, "checkpoints": [document(c) for c in pruned]})
+            return
+        if not pruned:
+            print(f"No checkpoints to prune in {self._where}{_selection(opts)}.", file=sys.stderr)
+            return
+        verb = "Would delete" if opts.dry_run else "Deleted"
+        note = " (dry run: nothing deleted)" if opts.dry_run else ""
+        print(f"{verb} {_count(len(pruned), 'checkpoint')} from {self._where}{note}:")
+        print(checkpoint_table(pruned))
+
+    def _export(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
+        assert self.settings is not None
+        # The FEEDS of the project are not ours to write.
+        settings = self.settings.copy()
+        settings.set("FEEDS", {}, priority="cmdline")
+        try:
+            feeds = feed_process_params_from_cli(settings, opts.output or [],
+                                                 overwrite_output=opts.overwrite_output or [])
+        except UsageError as exc:
+            raise _Failure(str(exc), USAGE_ERROR) from None
+        ((uri, options),) = feeds.items()
+        feed = feed_complete_default_values_from_settings(options, self.settings)
+        exporter_class = load_object(self.settings.getwithbase("FEED_EXPORTERS")[feed["format"]])
+        checkpoint = self._get(store, ids[0])
+        assert store is not None
+        items = self._guarded(store.items(checkpoint.checkpoint_id))
+        first = next(items, None)
+        scraped = checkpoint.pipeline_data.extraction_results.items_scraped
+        if first is None and scraped:
+            raise _Failure(f"Checkpoint {checkpoint.checkpoint_id} holds none of the {scraped} items its "
+                           "crawl scraped: it ran without CHECKPOINT_STORE_ITEMS = True.")
+        path = _output_path(uri)
+        with _open_output(path, overwrite=bool(feed.get("overwrite"))) as file:
+            exporter = exporter_class(file, fields_to_export=feed["fields"], encoding=feed["encoding"],
+                                      indent=feed["indent"], **feed["item_export_kwargs"])
+            exporter.start_exporting()
+            count = 0
+            for _, item in itertools.chain([first] if first is not None else [], items):
+                exporter.export_item(item)
+                count += 1
+            exporter.finish_exporting()
+        where = "standard output" if path is None else path
+        print(f"Exported {count} items of checkpoint {checkpoint.checkpoint_id} to {where} ({feed['format']}).",
+              file=sys.stderr if path is None else sys.stdout)
+
+
+def _output_path(uri: str) -> Path | None:
+    """The file an export URI names; None for standard output."""
+    if uri == "stdout:":
+        return None
+    if uri.startswith("file://"):
+        return Path(file_uri_to_path(uri))
+    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+://", uri):
+        raise _Failure(f"export writes a local file or standard output (-o -:FORMAT), not {uri}.", USAGE_ERROR)
+    return Path(uri)
+
+
+@contextmanager
+def _open_output(path: Path | None, overwrite: bool) -> Iterator[IO[bytes]]:
+    """Standard output; *path* appended to; or *path* replaced once the export is whole, so
+    that a failed export leaves the old file as it was."""
+    if path is None:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = path.with_name(f".{path.name}.export-{os.getpid()}") if overwrite else path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as Scrapy's FileFeedStorage does
+        with target.open("wb" if overwrite else "ab") as file:
+            yield file
+        if overwrite:
+            os.replace(target, path)
+    except OSError as exc:
+        raise _Failure(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    finally:
+        if overwrite:
+            target.unlink(missing_ok=True)
+
+
+def _selection(opts: argparse.Namespace) -> str:
+    """The filters of a list or prune, for a message: `` matching --spider products``."""
+    given = [f"{flag} {' '.join(value) if isinstance(value, list) else value}"
+             for dest, flag in (("spider", "--spider"), ("site", "--site"), ("job", "--job"),
+                                ("status", "--status"), ("older_than", "--older-than"))
+             if (value := getattr(opts, dest))]
+    return f" matching {' '.join(given)}" if given else ""
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")
