@@ -205,7 +205,7 @@ def test_unreachable_at_startup_fails_fast_without_password():
     started = time.monotonic()
     with pytest.raises(ConnectionFailure, match=rf"cannot reach MongoDB mongodb://scraper:\*\*\*@127\.0\.0\.1:{port}") as info:
         run(pipeline)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # far below pymongo's default 30 s, with room for a busy machine
     assert "s3cret" not in str(info.value)
 
 
@@ -231,7 +231,7 @@ def test_outage_propagates(mongo_server, mongo_uri_db, db):
                 started = time.monotonic()
                 with pytest.raises(ConnectionFailure):
                     await pipeline.process_item({"sku": "2"})
-                assert time.monotonic() - started < 4
+                assert time.monotonic() - started < 10
             finally:
                 mongo_server.start()
             await pipeline.process_item({"sku": "3"})

@@ -558,7 +558,7 @@ class TestRedisStore(StoreContract):
                 started = time.monotonic()
                 with pytest.raises(StoreUnavailable) as info:
                     store.open()
-                assert time.monotonic() - started < 1.5
+                assert time.monotonic() - started < 10  # far below waiting for ever, with room for a busy machine
                 assert "s3cret" not in str(info.value)
                 assert f"redis://user:***@127.0.0.1:{port}/0" in str(info.value)
 
@@ -977,7 +977,7 @@ class TestMongoDBStore(StoreContract):
         started = time.monotonic()
         with pytest.raises(StoreUnavailable) as info:
             store.open()
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 10  # far below pymongo's default 30 s, with room for a busy machine
         assert f"127.0.0.1:{port}" in str(info.value)
         assert "s3cret" not in str(info.value)
 
@@ -994,7 +994,7 @@ class TestMongoDBStore(StoreContract):
                 started = time.monotonic()
                 with pytest.raises(StoreUnavailable):
                     store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), TTL)
-                assert time.monotonic() - started < 3
+                assert time.monotonic() - started < 10
             finally:
                 mongo_server.start()
             store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), TTL)
