@@ -26,7 +26,7 @@ from .exceptions import CheckpointError, CheckpointNotFound, StoreUnavailable
 from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
 from .outputs.feeds import CheckpointFeedExporter
 from .outputs.keys import forget, remember
-from .settings import CheckpointSettings
+from .settings import CheckpointSettings, checkpoints_on, is_enabled
 from .stores import store_class
 
 if TYPE_CHECKING:
@@ -58,9 +58,10 @@ STOPPED_REASONS = frozenset({
 
 @dataclass
 class SpiderCheckpoint:
-    """What a spider sees of its checkpoint, as ``self.checkpoint``."""
+    """What a spider sees of its checkpoint, as ``self.checkpoint``; with checkpoints off, one
+    whose ``checkpoint_id`` is None and whose state lives in memory only."""
 
-    checkpoint_id: str
+    checkpoint_id: str | None
     resumed: bool
     #: A small dict the spider may read and write; saved with every flush, restored on resume.
     state: dict[str, Any] = field(default_factory=dict)
@@ -97,9 +98,17 @@ class CheckpointExtension:
     """
 
     def __init__(self, crawler: Crawler) -> None:
-        self.settings = CheckpointSettings.from_settings(crawler.settings)
-        if not getattr(crawler.spidercls, "checkpoint_enabled", False):
+        if not checkpoints_on(crawler):
+            if is_enabled(crawler.settings):
+                logger.info(
+                    "Checkpoints are on, but spider %(spider)s does not opt in "
+                    "(checkpoint_enabled = True): it runs without them",
+                    {"spider": crawler.spidercls.name},
+                )
+            # Code written for checkpoints (self.checkpoint.state) runs without them too.
+            crawler.signals.connect(give_spider_a_checkpoint, signals.spider_opened)
             raise NotConfigured
+        self.settings = CheckpointSettings.from_settings(crawler.settings)
         self.crawler = crawler
         self.stats = crawler.stats
         self.fingerprint = crawler.request_fingerprinter.fingerprint
@@ -679,6 +688,12 @@ class CheckpointExtension:
     def _scrub(self, exc: Exception) -> str:
         """The exception, named, with any credential of the store URLs hidden."""
         return scrub(f"{type(exc).__name__}: {exc}", self._secrets)
+
+
+def give_spider_a_checkpoint(spider: Spider) -> None:
+    """An in-memory checkpoint for a spider that runs without checkpoints."""
+    if getattr(spider, "checkpoint", None) is None:
+        spider.checkpoint = SpiderCheckpoint(None, False)  # type: ignore[attr-defined]
 
 
 async def track_output(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
-from scrapy import Spider
+from scrapy import Spider, signals
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
@@ -60,10 +62,23 @@ def test_switch_on_builds_extension(tmp_path):
     assert not (tmp_path / "checkpoints.sqlite3").exists()  # no I/O before the spider opens
 
 
-def test_spider_must_opt_in(tmp_path):
+def test_spider_must_opt_in(tmp_path, caplog):
     crawler = get_crawler(NotOptedIn, {"CHECKPOINT_ENABLED": True, "CHECKPOINT_DIR": str(tmp_path)})
+    with caplog.at_level(logging.INFO), pytest.raises(NotConfigured):
+        build_from_crawler(CheckpointExtension, crawler)
+    assert "spider not_opted_in does not opt in (checkpoint_enabled = True)" in caplog.text
+
+
+@pytest.mark.parametrize(("spidercls", "enabled"), [(OptedIn, False), (NotOptedIn, True)])
+def test_spider_without_checkpoints_still_has_one(spidercls, enabled):
+    """Code written for checkpoints (self.checkpoint.state[...]) runs without them."""
+    crawler = get_crawler(spidercls, {"CHECKPOINT_ENABLED": enabled})
     with pytest.raises(NotConfigured):
         build_from_crawler(CheckpointExtension, crawler)
+    spider = crawler._create_spider()
+    crawler.signals.send_catch_log(signals.spider_opened, spider=spider)
+    assert spider.checkpoint.checkpoint_id is None and not spider.checkpoint.resumed
+    spider.checkpoint.state["seen"] = 1
 
 
 def test_invalid_setting_fails_at_startup():

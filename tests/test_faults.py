@@ -243,3 +243,20 @@ def test_hybrid_outage_mid_crawl(tmp_path, big_shop, down, redis_server, redis_u
         label = {"redis": "Redis", "mongodb": "MongoDB"}[down]
         assert f"{label} at" in text and "is unavailable" in text, text[-3000:]
         assert "failed to flush" not in text
+
+
+def test_wrong_redis_password_refuses_to_crawl(tmp_path, shop):
+    """A refused login is no outage: the crawl closes at start instead of running on with no
+    checkpoint (redis-py makes AuthenticationError a ConnectionError)."""
+    url, _, _ = shop
+    server = RedisServer(find_redis_server(), tmp_path, password="right-Pa55word")
+    server.start()
+    try:
+        extra = {"CHECKPOINT_REDIS_URL": f"redis://:wr0ng-Pa55word@127.0.0.1:{server.port}/0"}
+        code, _, crawl_log = crawl(url, tmp_path, extra=extra)
+    finally:
+        server.stop()
+    text = crawl_log.read_text()
+    assert "refused the login" in text and "'finish_reason': 'checkpoint_error'" in text, text[-3000:]
+    assert "wr0ng-Pa55word" not in text
+    assert demo_support.count_lines(tmp_path / "items.jsonl") == 0

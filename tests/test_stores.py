@@ -24,7 +24,7 @@ from scrapy_checkpoint.settings import CheckpointSettings
 from scrapy_checkpoint.stores import SQLiteCheckpointStore, store_class
 
 from . import batch, discovered, fp, new_checkpoint
-from .redis_server import free_port
+from .redis_server import RedisServer, find_redis_server, free_port
 
 TTL = 3600.0
 
@@ -546,6 +546,24 @@ class TestRedisStore(StoreContract):
         client.script_flush()
         store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1)]), TTL)
         assert store.get(cp.checkpoint_id).pipeline_data.urls_discovered == 1
+
+    @pytest.mark.parametrize("password", ["wrong-Pa55", ""])
+    def test_refused_login_is_no_outage(self, tmp_path, password):
+        """A wrong or missing password will not pass by waiting: the crawl must not run on
+        as if the store were down (redis-py makes AuthenticationError a ConnectionError)."""
+        from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+
+        server = RedisServer(find_redis_server(), tmp_path, password="right-Pa55")
+        server.start()
+        try:
+            store = RedisCheckpointStore(f"redis://:{password}@127.0.0.1:{server.port}/0", timeout=2.0)
+            with pytest.raises(CheckpointError, match="refused the login") as info:
+                store.open()
+            assert not isinstance(info.value, StoreUnavailable)
+            assert "check the user and password in CHECKPOINT_REDIS_URL" in str(info.value)
+            assert not password or password not in str(info.value)
+        finally:
+            server.stop()
 
     def test_dead_server_is_unavailable_quickly_without_password(self):
         from scrapy_checkpoint.stores.redis import RedisCheckpointStore

@@ -18,7 +18,7 @@ except ImportError as exc:
     raise ImportError("RedisCheckpointStore needs redis-py: pip install 'scrapy-checkpoint[redis]'") from exc
 
 from .._redact import redact_uri
-from ..exceptions import CorruptCheckpointError, StoreUnavailable
+from ..exceptions import CheckpointError, CorruptCheckpointError, StoreUnavailable
 from ..models import Batch, Checkpoint, expiry, utcnow
 from .base import CheckpointStore, StatusFilter, statuses
 
@@ -318,6 +318,12 @@ class RedisCheckpointStore(CheckpointStore):
         """redis-py's errors as the store's: unreachable, or a checkpoint that is corrupt."""
         try:
             yield
+        except (redis.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError) as exc:
+            # A ConnectionError to redis-py, but no outage: waiting for it would never end.
+            raise CheckpointError(
+                f"Redis at {self.describe()} refused the login ({type(exc).__name__}: {exc}); "
+                "check the user and password in CHECKPOINT_REDIS_URL."
+            ) from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis at {self.describe()} is unavailable: {exc}") from exc
         except redis.ResponseError as exc:
