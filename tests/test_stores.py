@@ -341,6 +341,32 @@ class TestSQLiteStore(StoreContract):
         with sqlite3.connect(path) as db:  # left as it was
             assert db.execute("PRAGMA user_version").fetchone()[0] == 0
 
+    def test_file_that_is_no_database_is_named_untouched(self, tmp_path):
+        path = tmp_path / "checkpoints.sqlite3"
+        junk = b"not a database at all " * 300
+        path.write_bytes(junk)
+        with pytest.raises(CheckpointError, match=r"checkpoints.sqlite3 is damaged .*Move it away.* \.recover"):
+            SQLiteCheckpointStore(path).open()
+        assert path.read_bytes() == junk
+
+    def test_damaged_pages_are_named(self, tmp_path):
+        path = tmp_path / "checkpoints.sqlite3"
+        store = SQLiteCheckpointStore(path)
+        store.open()
+        store.create(new_checkpoint())
+        store.close()
+        with sqlite3.connect(path) as db:
+            page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'checkpoints'").fetchone()[0]
+        with path.open("r+b") as f:  # the checkpoints table's root page
+            f.seek((root - 1) * page_size)
+            f.write(b"\xff" * page_size)
+        store = SQLiteCheckpointStore(path)
+        with pytest.raises(CheckpointError, match="is damaged"):
+            store.open()
+            store.find_resumable("products", "shop.test", "product_catalog")
+        store.close()
+
     def test_delete_leaves_no_row(self, store):
         cp = new_checkpoint()
         store.create(cp)

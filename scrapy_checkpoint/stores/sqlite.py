@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,7 @@ class SQLiteCheckpointStore(CheckpointStore):
         return f"sqlite:{self.path}"
 
     def open(self) -> None:
-        with self._lock:
+        with self._lock, self._damage_named():
             if self._db is not None:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +168,21 @@ class SQLiteCheckpointStore(CheckpointStore):
         finally:
             db.close()
 
+    @contextmanager
+    def _damage_named(self) -> Iterator[None]:
+        """A damaged file (not a database, a malformed page) named, with what to do about it.
+        A locked or busy one is left as it is: that passes."""
+        try:
+            yield
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise CheckpointError(
+                f"{self.path} is damaged ({exc}); nothing was written to it. Move it away (a new "
+                f"crawl then starts a new file), and to save what it holds try: sqlite3 "
+                f"{self.path} .recover | sqlite3 {self.path.with_suffix('.recovered.sqlite3')}"
+            ) from exc
+
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
@@ -232,18 +248,18 @@ class SQLiteCheckpointStore(CheckpointStore):
         return Checkpoint.parse(record, checkpoint_id=checkpoint_id, where=self.describe())
 
     def create(self, checkpoint: Checkpoint) -> None:
-        with self._lock:
+        with self._lock, self._damage_named():
             self._write_record(checkpoint)
 
     def get(self, checkpoint_id: str) -> Checkpoint | None:
-        with self._lock:
+        with self._lock, self._damage_named():
             row = self.db.execute(
                 "SELECT record FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,)
             ).fetchone()
         return None if row is None else self._read_record(checkpoint_id, row[0])
 
     def find_resumable(self, spider: str, site_domain: str, job_type: str) -> Checkpoint | None:
-        with self._lock:
+        with self._lock, self._damage_named():
             row = self.db.execute(
                 "SELECT checkpoint_id, record FROM checkpoints"
                 " WHERE spider = ? AND site_domain = ? AND job_type = ? AND status IN (?, ?)"
@@ -253,7 +269,7 @@ class SQLiteCheckpointStore(CheckpointStore):
         return None if row is None else self._read_record(row[0], row[1])
 
     def apply(self, checkpoint_id: str, batch: Batch, ttl: float) -> None:
-        with self._lock:
+        with self._lock, self._damage_named():
             db = self.db
             db.execute("BEGIN IMMEDIATE")
             try:
