@@ -14,7 +14,7 @@ import pytest
 from scrapy_checkpoint.commands.checkpoint import LIST_HEADERS
 
 from .redis_server import free_port
-from .test_e2e import checkpoint_id_of, crawl, open_any_store
+from .test_e2e import checkpoint_id_of, crawl, open_any_store, store_settings  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -59,17 +59,6 @@ def small_shop(tmp_path_factory):
         yield url, 120
     finally:
         demo_support.stop_shop(process)
-
-
-@pytest.fixture(params=["sqlite", "redis", "mongodb", "hybrid"])
-def store_settings(request):
-    extra = {}
-    if request.param in ("redis", "hybrid"):
-        extra["CHECKPOINT_REDIS_URL"] = request.getfixturevalue("redis_url")
-    if request.param in ("mongodb", "hybrid"):
-        uri, database = request.getfixturevalue("mongo_uri_db")
-        extra.update(CHECKPOINT_MONGO_URI=uri, CHECKPOINT_MONGO_DATABASE=database)
-    return extra
 
 
 def held(tmp_path, store_settings, *checkpoint_ids):

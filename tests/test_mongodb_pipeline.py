@@ -318,6 +318,12 @@ def test_pipeline_validates_at_startup():
 # End to end
 
 
+def crawl_settings(uri, database, **more):
+    """Settings of a demo crawl that writes its items through the pipeline."""
+    return {"ITEM_PIPELINES": {PIPELINE: 400}, "CHECKPOINT_MONGO_ITEMS_URI": uri,
+            "CHECKPOINT_MONGO_ITEMS_DATABASE": database, **more}
+
+
 @pytest.mark.e2e
 def test_hard_kills_write_each_item_once(tmp_path, shop, mongo_uri_db, db, request):
     """SIGKILL 3 times at random item counts, resume to the end: one document per product."""
@@ -328,11 +334,7 @@ def test_hard_kills_write_each_item_once(tmp_path, shop, mongo_uri_db, db, reque
     rng = random.Random(SEED)
     url, log, products = shop
     uri, database = mongo_uri_db
-    extra = {
-        "ITEM_PIPELINES": {PIPELINE: 400},
-        "CHECKPOINT_MONGO_ITEMS_URI": uri,
-        "CHECKPOINT_MONGO_ITEMS_DATABASE": database,
-    }
+    extra = crawl_settings(uri, database)
     kills = 3
     points = sorted(rng.sample(range(50, products - 50), kills))
     logs = []
@@ -376,12 +378,7 @@ def test_outage_leaves_pages_pending_for_a_resume(tmp_path, shop, mongo_server, 
 
     url, log, products = shop
     uri, database = mongo_uri_db
-    extra = {
-        "ITEM_PIPELINES": {PIPELINE: 400},
-        "CHECKPOINT_MONGO_ITEMS_URI": uri,
-        "CHECKPOINT_MONGO_ITEMS_DATABASE": database,
-        "CHECKPOINT_STORE_TIMEOUT": 0.5,
-    }
+    extra = crawl_settings(uri, database, CHECKPOINT_STORE_TIMEOUT=0.5)
     outage = Outage([mongo_server], tmp_path / "items.jsonl", tmp_path / "crawl-outage.log",
                     seen="Error processing", at_items=products // 4)
     code, _, first_log = crawl_through(outage, url, tmp_path, extra=dict(extra))

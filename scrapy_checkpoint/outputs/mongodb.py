@@ -22,6 +22,8 @@ except ImportError as exc:
         "CheckpointMongoDBPipeline needs pymongo: pip install 'scrapy-checkpoint[mongodb]'"
     ) from exc
 
+from ..stores.mongodb import connect  # noqa: E402 (needs pymongo: imported once it is known there)
+
 if TYPE_CHECKING:
     from pymongo.collection import Collection
     from scrapy.crawler import Crawler
@@ -77,17 +79,9 @@ class CheckpointMongoDBPipeline:
 
     def _connect(self) -> Collection:
         s = self.settings
-        ms = int(s.timeout * 1000)
         try:
             # An SRV URI is resolved here, hence the thread.
-            client: MongoClient = MongoClient(
-                s.uri,
-                serverSelectionTimeoutMS=ms,
-                connectTimeoutMS=ms,
-                socketTimeoutMS=ms,
-                tz_aware=True,
-                appname="scrapy-checkpoint",
-            )
+            client = connect(s.uri, s.timeout)
         except (ConfigurationError, ValueError) as exc:
             raise ValueError(
                 f"{s.uri_setting} ({redact_uri(s.uri)}) is not a valid MongoDB URI: "

@@ -347,6 +347,14 @@ def _record_update(header: dict[str, Any]) -> dict[str, Any]:
     return {"$inc": inc, "$max": {"pipeline_step": header["pipeline_step"]}, "$set": fields}
 
 
+def connect(uri: str, timeout: float) -> MongoClient:
+    """A client of *uri* whose every wait (server selection, connection, reply) ends after
+    *timeout* seconds, and whose dates are timezone-aware."""
+    ms = int(timeout * 1000)
+    return MongoClient(uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms,
+                       tz_aware=True, appname="scrapy-checkpoint")
+
+
 class MongoDBCheckpointStore(CheckpointStore):
     """Checkpoints in the ``CHECKPOINT_MONGO_DATABASE`` database of ``CHECKPOINT_MONGO_URI``.
 
@@ -394,16 +402,8 @@ class MongoDBCheckpointStore(CheckpointStore):
         with self._lock:
             if self._client is not None:
                 return
-            ms = int(self.timeout * 1000)
             try:
-                client: MongoClient = MongoClient(
-                    self.uri,
-                    serverSelectionTimeoutMS=ms,
-                    connectTimeoutMS=ms,
-                    socketTimeoutMS=ms,
-                    tz_aware=True,
-                    appname="scrapy-checkpoint",
-                )
+                client = connect(self.uri, self.timeout)
             except ConfigurationError as exc:
                 raise ValueError(
                     f"CHECKPOINT_MONGO_URI ({redact_uri(self.uri)}) is not a valid MongoDB URI: {exc}"
