@@ -112,7 +112,9 @@ class CheckpointExtension:
         self.crawler = crawler
         self.stats = crawler.stats
         self.fingerprint = crawler.request_fingerprinter.fingerprint
-        self.serializer = RequestSerializer(crawler.spider)
+        self.serializer = RequestSerializer(
+            crawler.spider, self.settings.private_headers, self.settings.private_meta
+        )
         self.store: CheckpointStore = store_class(self.settings).from_checkpoint_settings(self.settings)
         self._secrets = secrets_of(self.settings.redis_url) | secrets_of(self.settings.mongo_uri)
         self.store.stats = crawler.stats
@@ -427,7 +429,10 @@ class CheckpointExtension:
             item_type = type(item).__name__
             counts[item_type] = counts.get(item_type, 0) + 1
             if self.settings.store_items:
-                batch.items.append((item_type, ItemAdapter(item).asdict()))
+                fields = ItemAdapter(item).asdict()  # a copy: the feeds still get every field
+                for name in self.settings.item_exclude_fields:
+                    fields.pop(name, None)
+                batch.items.append((item_type, fields))
         if self._feeds is not None:
             self._feeds.export(items)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,13 @@ DEFAULTS: dict[str, Any] = {
     "CHECKPOINT_BATCH_SIZE": 500,
     "CHECKPOINT_TTL": 48 * 3600.0,
     "CHECKPOINT_STORE_ITEMS": False,
+    "CHECKPOINT_ITEM_EXCLUDE_FIELDS": [],
     "CHECKPOINT_PAGE_PARAMS": ["page"],
+    # Credentials left out of stored requests; Cookie covers Request.cookies too, and
+    # Proxy-Authorization the user:password in meta["proxy"].
+    "CHECKPOINT_PRIVATE_HEADERS": ["Authorization", "Proxy-Authorization", "Cookie"],
+    # HttpAuthMiddleware's per-request credentials.
+    "CHECKPOINT_PRIVATE_META": ["http_user", "http_pass"],
     "CHECKPOINT_RESEED_CHUNK": 1000,
     "CHECKPOINT_STORE_TIMEOUT": 5.0,
     "CHECKPOINT_REDIS_URL": None,
@@ -84,6 +91,26 @@ def _bool(settings: BaseSettings, name: str) -> bool:
         ) from None
 
 
+# RFC 9110 5.1: a field name is a token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _names(
+    settings: BaseSettings, name: str, what: str, example: list[str], pattern: re.Pattern[str] | None = None
+) -> tuple[str, ...]:
+    """A list setting of names: a list, or a comma-separated string as ``-s`` gives it."""
+    try:
+        values = settings.getlist(name, DEFAULTS[name])
+    except TypeError:  # not iterable
+        values = [None]
+    if not all(isinstance(v, str) and v and (pattern is None or pattern.fullmatch(v)) for v in values):
+        raise ValueError(
+            f"{name} ({settings.get(name)!r}) must be a list of {what}, e.g. {example!r}, "
+            "or [] to leave none out."
+        )
+    return tuple(values)
+
+
 def _optional_str(settings: BaseSettings, name: str) -> str | None:
     value = settings.get(name)
     if value is None or value == "":
@@ -104,7 +131,13 @@ class CheckpointSettings:
     batch_size: int
     ttl: float
     store_items: bool
+    #: Fields left out of the items stored with CHECKPOINT_STORE_ITEMS.
+    item_exclude_fields: tuple[str, ...]
     page_params: tuple[str, ...]
+    #: Headers left out of stored requests, as given (RequestSerializer normalizes them).
+    private_headers: tuple[str, ...]
+    #: Meta keys left out of stored requests.
+    private_meta: tuple[str, ...]
     reseed_chunk: int
     store_timeout: float
     redis_url: str | None
@@ -142,7 +175,14 @@ class CheckpointSettings:
             batch_size=_positive(settings, "CHECKPOINT_BATCH_SIZE", int, "whole number of events"),
             ttl=_positive(settings, "CHECKPOINT_TTL", float, "number of seconds"),
             store_items=_bool(settings, "CHECKPOINT_STORE_ITEMS"),
+            item_exclude_fields=_names(settings, "CHECKPOINT_ITEM_EXCLUDE_FIELDS", "item field names",
+                                       ["email", "phone"]),
             page_params=tuple(page_params),
+            private_headers=_names(settings, "CHECKPOINT_PRIVATE_HEADERS",
+                                   "HTTP header names (letters, digits and !#$%&'*+-.^_`|~)",
+                                   DEFAULTS["CHECKPOINT_PRIVATE_HEADERS"], _HEADER_NAME),
+            private_meta=_names(settings, "CHECKPOINT_PRIVATE_META", "request meta keys",
+                                DEFAULTS["CHECKPOINT_PRIVATE_META"]),
             reseed_chunk=_positive(settings, "CHECKPOINT_RESEED_CHUNK", int, "whole number of requests"),
             store_timeout=_positive(settings, "CHECKPOINT_STORE_TIMEOUT", float, "number of seconds"),
             redis_url=_optional_str(settings, "CHECKPOINT_REDIS_URL"),

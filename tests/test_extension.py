@@ -285,3 +285,30 @@ def test_failed_download_with_errback_waits_for_its_output(tmp_path):
     ext.item_scraped(output[1], failure)
     assert ext._batch.processed == [fp(ext, request)]
     assert [r.url for r in ext._batch.discovered] == ["http://shop.test/fallback"]
+
+
+def extension_with(tmp_path, **settings) -> CheckpointExtension:
+    crawler = get_crawler(ShopSpider, {"CHECKPOINT_ENABLED": True, "CHECKPOINT_DIR": str(tmp_path), **settings})
+    crawler.spider = crawler._create_spider()
+    return build_from_crawler(CheckpointExtension, crawler)
+
+
+def test_scheduled_request_recorded_without_private_parts(tmp_path):
+    ext = extension_with(tmp_path, CHECKPOINT_PRIVATE_HEADERS=["X-Api-Key"], CHECKPOINT_PRIVATE_META=["api_token"])
+    request = Request("http://shop.test/p/1", headers={"X-Api-Key": "SECRET-1", "Authorization": "Bearer kept"},
+                      meta={"api_token": "SECRET-2"})
+    ext.request_scheduled(request, ext.crawler.spider)
+    (recorded,) = ext._batch.discovered
+    assert b"SECRET" not in recorded.data
+    back = ext.serializer.loads(recorded.data)
+    assert back.headers["Authorization"] == b"Bearer kept"
+    assert request.headers["X-Api-Key"] == b"SECRET-1" and request.meta["api_token"] == "SECRET-2"
+
+
+def test_stored_items_leave_out_excluded_fields(tmp_path):
+    ext = extension_with(tmp_path, CHECKPOINT_STORE_ITEMS=True, CHECKPOINT_ITEM_EXCLUDE_FIELDS=["email", "phone"])
+    item = {"sku": "1", "email": "a@example.com", "phone": "555"}
+    ext.item_scraped(item, None)
+    assert ext._batch.items == [("dict", {"sku": "1"})]
+    assert item == {"sku": "1", "email": "a@example.com", "phone": "555"}  # the feeds get it whole
+    assert ext._batch.item_counts == {"dict": 1}

@@ -105,3 +105,36 @@ def test_checkpoint_id_must_be_string():
 def test_command_line_strings_accepted():
     s = build(CHECKPOINT_FLUSH_INTERVAL="0.5", CHECKPOINT_BATCH_SIZE="100", CHECKPOINT_RESUME="1")
     assert (s.flush_interval, s.batch_size, s.resume) == (0.5, 100, True)
+
+
+def test_privacy_defaults():
+    s = build()
+    assert s.private_headers == ("Authorization", "Proxy-Authorization", "Cookie")
+    assert s.private_meta == ("http_user", "http_pass")
+    assert s.item_exclude_fields == ()
+
+
+def test_privacy_lists_from_command_line_strings():
+    s = build(CHECKPOINT_PRIVATE_HEADERS="Authorization,X-Api-Key", CHECKPOINT_PRIVATE_META="",
+              CHECKPOINT_ITEM_EXCLUDE_FIELDS="email,phone")
+    assert s.private_headers == ("Authorization", "X-Api-Key")
+    assert s.private_meta == ()  # -s CHECKPOINT_PRIVATE_META= : store every meta key
+    assert s.item_exclude_fields == ("email", "phone")
+
+
+@pytest.mark.parametrize("value", [["Authorization", "X Token"], ["Cookie:"], [""], [b"Cookie"], 42])
+def test_private_headers_are_header_names(value):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_PRIVATE_HEADERS \(.*\) must be a list of HTTP header names"):
+        build(CHECKPOINT_PRIVATE_HEADERS=value)
+
+
+@pytest.mark.parametrize("value", [["http_pass", 3], "http_user,,http_pass"])
+def test_private_meta_are_meta_keys(value):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_PRIVATE_META \(.*\) must be a list of request meta keys"):
+        build(CHECKPOINT_PRIVATE_META=value)
+
+
+@pytest.mark.parametrize("value", [["email", None], "email,"])
+def test_item_exclude_fields_are_field_names(value):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_ITEM_EXCLUDE_FIELDS \(.*\) must be a list of item field names"):
+        build(CHECKPOINT_ITEM_EXCLUDE_FIELDS=value)
