@@ -144,6 +144,7 @@ class CheckpointExtension:
         self._reseed_chunk: list[bytes] | None = None
         self._reseed_wanted = False
         self._reseed_done = True
+        self._reseed_left = 0
         self._reseeding = False
         crawler.signals.connect(self.spider_opened, signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signals.spider_closed)
@@ -280,6 +281,9 @@ class CheckpointExtension:
         self._batch = Batch(seq=checkpoint.seq + 1)
         data = checkpoint.pipeline_data
         pending = data.urls_discovered - data.urls_processed
+        # Only what was pending at the start: requests this run discovers are in the store
+        # after them, and in the scheduler already.
+        self._reseed_left = pending
         self._reseed_done = pending <= 0
         if not self._reseed_done:
             # A small first chunk: the first downloads need not wait for a thousand rebuilds.
@@ -320,7 +324,9 @@ class CheckpointExtension:
                 self._store_error("reseed", exc)
                 chunk = []
             else:
-                if not chunk:
+                chunk = chunk[: self._reseed_left]
+                self._reseed_left -= len(chunk)
+                if not chunk or self._reseed_left <= 0:
                     self._reseed_done = True
             self._reseed_chunk = chunk
             if self._reseed_wanted:

@@ -96,6 +96,11 @@ def test_hard_kills_lose_nothing(tmp_path, store_settings, request):
                 checkpoint_id = checkpoint_id_of(crawl_log)
         code, killed, crawl_log = crawl(url, tmp_path, resume=True, extra=dict(store_settings))
         assert (code, killed) == (0, False), crawl_log.read_text()[-3000:]
+        # What the resume line calls pending is what is fed back to the scheduler, no more.
+        text = crawl_log.read_text()
+        pending = int(re.search(r"Resuming checkpoint \S+: (\d+) requests pending", text).group(1))
+        restored = re.search(r"'checkpoint/restored/requests': (\d+)", text)
+        assert restored is None or int(restored.group(1)) <= pending, (pending, restored.group(1))
     finally:
         demo_support.stop_shop(process)
     summary = demo_support.summarize(tmp_path / "items.jsonl", log, products)
