@@ -169,6 +169,14 @@ class CheckpointExtension:
         return spider.name, str(site), str(job)
 
     async def spider_opened(self, spider: Spider) -> None:
+        site = self._identity(spider)[1]
+        if site in self.settings.site_limits:
+            self.settings = self.settings.for_site(site)
+            logger.info(
+                "Checkpoint writes for %(site)s: every %(interval)g s or %(batch)d events "
+                "(CHECKPOINT_SITE_LIMITS)",
+                {"site": site, "interval": self.settings.flush_interval, "batch": self.settings.batch_size},
+            )
         self._feeds = self._find_feeds()
         try:
             try:

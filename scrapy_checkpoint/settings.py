@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "CHECKPOINT_MONGO_DATABASE": "scrapy_checkpoint",
     "CHECKPOINT_ARCHIVE_TTL": 30 * 24 * 3600.0,
     "CHECKPOINT_BUFFER_LIMIT": 100_000,
+    # {site domain: {"flush_interval": seconds, "batch_size": events}}: a site's own limits.
+    "CHECKPOINT_SITE_LIMITS": {},
     # CheckpointMongoDBPipeline: None falls back to CHECKPOINT_MONGO_URI / _DATABASE.
     "CHECKPOINT_MONGO_ITEMS_URI": None,
     "CHECKPOINT_MONGO_ITEMS_DATABASE": None,
@@ -111,6 +113,34 @@ def _names(
     return tuple(values)
 
 
+#: What CHECKPOINT_SITE_LIMITS may set per site, and the kind of each.
+SITE_LIMITS = {"flush_interval": (float, "number of seconds"), "batch_size": (int, "whole number of events")}
+
+
+def _site_limits(settings: BaseSettings) -> dict[str, dict[str, Any]]:
+    name = "CHECKPOINT_SITE_LIMITS"
+    try:
+        raw = settings.getdict(name)
+    except (TypeError, ValueError):
+        raw = None
+    example = '{"shop.example": {"flush_interval": 10, "batch_size": 2000}}'
+    if raw is None or not all(isinstance(site, str) and isinstance(v, dict) for site, v in raw.items()):
+        raise ValueError(f"{name} ({settings.get(name)!r}) must map site domains to limits, e.g. {example}.")
+    limits: dict[str, dict[str, Any]] = {}
+    for site, values in raw.items():
+        limits[site] = {}
+        for key, value in values.items():
+            if key not in SITE_LIMITS:
+                raise ValueError(
+                    f"{name} ({site!r}: {key!r}) sets an unknown limit: use {' or '.join(SITE_LIMITS)}."
+                )
+            kind, unit = SITE_LIMITS[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or kind(value) != value:
+                raise ValueError(f"{name} ({site!r}: {key!r}: {value!r}) must be a positive {unit}.")
+            limits[site][key] = kind(value)
+    return limits
+
+
 def _optional_str(settings: BaseSettings, name: str) -> str | None:
     value = settings.get(name)
     if value is None or value == "":
@@ -146,6 +176,12 @@ class CheckpointSettings:
     mongo_database: str
     archive_ttl: float
     buffer_limit: int
+    #: Flush interval and batch size of particular sites, over the two above.
+    site_limits: dict[str, dict[str, Any]]
+
+    def for_site(self, site: str) -> CheckpointSettings:
+        """These settings with *site*'s own CHECKPOINT_SITE_LIMITS, if it has any."""
+        return replace(self, **self.site_limits.get(site, {}))
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> CheckpointSettings:
@@ -191,6 +227,7 @@ class CheckpointSettings:
             mongo_database=database,
             archive_ttl=archive_ttl,
             buffer_limit=_positive(settings, "CHECKPOINT_BUFFER_LIMIT", int, "whole number of events"),
+            site_limits=_site_limits(settings),
         )
 
 

@@ -240,3 +240,14 @@ def test_resume_by_id(tmp_path, shop):
     # The spider counts listing pages in its checkpoint state: 5 listings of 6 pages. The
     # resumed run saw only those left, so the count is whole only if the state came back.
     assert state["listing_pages"] >= 30, state
+
+
+def test_site_limits_apply_to_their_site(tmp_path, shop):
+    """The demo spider's site is its name: a limit for it makes every 7 events a flush."""
+    url, _, products = shop
+    code, _, crawl_log = crawl(url, tmp_path, extra={"CHECKPOINT_SITE_LIMITS": {"products": {"batch_size": 7}}})
+    text = crawl_log.read_text()
+    assert code == 0, text[-3000:]
+    assert "Checkpoint writes for products: every 0.5 s or 7 events (CHECKPOINT_SITE_LIMITS)" in text
+    flushes = int(re.search(r"'checkpoint/flushes': (\d+)", text).group(1))
+    assert flushes > products // 7, flushes  # with the default 100 a batch, a few dozen

@@ -138,3 +138,27 @@ def test_private_meta_are_meta_keys(value):
 def test_item_exclude_fields_are_field_names(value):
     with pytest.raises(ValueError, match=r"CHECKPOINT_ITEM_EXCLUDE_FIELDS \(.*\) must be a list of item field names"):
         build(CHECKPOINT_ITEM_EXCLUDE_FIELDS=value)
+
+
+def test_site_limits_override_for_their_site():
+    settings = build(CHECKPOINT_FLUSH_INTERVAL=2, CHECKPOINT_SITE_LIMITS={"shop.example": {"batch_size": 50}})
+    site = settings.for_site("shop.example")
+    assert (site.batch_size, site.flush_interval) == (50, 2.0)
+    assert settings.for_site("other.example") == settings
+
+
+@pytest.mark.parametrize("value", ["shop.example", {"shop.example": 5}])
+def test_site_limits_map_sites_to_limits(value):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_SITE_LIMITS .* must map site domains to limits"):
+        build(CHECKPOINT_SITE_LIMITS=value)
+
+
+def test_site_limits_known_keys_only():
+    with pytest.raises(ValueError, match=r"'interval'\) sets an unknown limit: use flush_interval or batch_size"):
+        build(CHECKPOINT_SITE_LIMITS={"shop.example": {"interval": 5}})
+
+
+@pytest.mark.parametrize(("key", "value"), [("flush_interval", 0), ("batch_size", 2.5), ("batch_size", True)])
+def test_site_limits_positive(key, value):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_SITE_LIMITS .* must be a positive"):
+        build(CHECKPOINT_SITE_LIMITS={"shop.example": {key: value}})
