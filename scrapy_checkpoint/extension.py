@@ -38,13 +38,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Close reasons after which a checkpoint stays ``active``: the crawl was stopped, not broken.
 #: Pending requests rebuilt first on resume, before full CHECKPOINT_RESEED_CHUNKs.
 FIRST_RESEED_CHUNK = 50
 
 #: Further tries of the final flush, CHECKPOINT_STORE_TIMEOUT apart, when the store is down.
 CLOSE_RETRIES = 2
 
+#: The close reason of a crawl that refuses to run as asked (no store, a bad checkpoint).
+CHECKPOINT_ERROR = "checkpoint_error"
+
+#: Close reasons after which a checkpoint stays ``active``: the crawl was stopped, not broken.
 STOPPED_REASONS = frozenset({
     "shutdown",
     "cancelled",
@@ -194,11 +197,11 @@ class CheckpointExtension:
                 self._store_error("open", exc)
         except CheckpointError as exc:
             logger.error("%s", self._scrub(exc))
-            raise CloseSpider("checkpoint_error") from exc
+            raise CloseSpider(CHECKPOINT_ERROR) from exc
         except Exception as exc:  # a refused login, a broken store: no checkpoint, no crawl
             logger.error("Checkpoint store %(store)s failed to open: %(error)s",
                          {"store": self.store.describe(), "error": self._scrub(exc)})
-            raise CloseSpider("checkpoint_error") from exc
+            raise CloseSpider(CHECKPOINT_ERROR) from exc
         self.checkpoint = checkpoint
         if resumed:
             self._restore_started(checkpoint)
@@ -640,6 +643,11 @@ class CheckpointExtension:
     async def spider_closed(self, spider: Spider, reason: str) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if reason == CHECKPOINT_ERROR:
+            # `scrapy crawl` exits 1 only for a crawler that ends without a spider (its test of
+            # a failed start); a crawl that refused to run without its checkpoint is one, and
+            # cron or an orchestrator must see it.
+            self.crawler.spider = None  # type: ignore[assignment]
         if self.checkpoint is None:
             await run_in_thread(self.store.close)
             return

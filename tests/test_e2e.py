@@ -205,7 +205,7 @@ def test_corrupt_checkpoint_is_refused_not_restarted(tmp_path, shop):
     code, _, crawl_log = crawl(url, tmp_path, resume=True)
     text = crawl_log.read_text()
     assert f"Checkpoint {checkpoint_id} in sqlite:" in text and "unreadable" in text, text[-3000:]
-    assert "'finish_reason': 'checkpoint_error'" in text
+    assert "'finish_reason': 'checkpoint_error'" in text and code == 1, text[-3000:]
     assert demo_support.count_lines(tmp_path / "items.jsonl") == items_before
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 1
@@ -217,7 +217,7 @@ def test_unknown_checkpoint_id(tmp_path, shop):
     code, _, crawl_log = crawl(url, tmp_path, extra={"CHECKPOINT_ID": "no-such-checkpoint"})
     text = crawl_log.read_text()
     assert "CHECKPOINT_ID ('no-such-checkpoint') names no checkpoint" in text, text[-3000:]
-    assert "'finish_reason': 'checkpoint_error'" in text
+    assert "'finish_reason': 'checkpoint_error'" in text and code == 1, text[-3000:]
     assert demo_support.count_lines(tmp_path / "items.jsonl") == 0
 
 

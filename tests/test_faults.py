@@ -189,7 +189,7 @@ def test_corrupt_record_refused_on_resume(tmp_path, shop, store, request):
     code, _, crawl_log = crawl(url, tmp_path, resume=True, extra=dict(extra))
     text = crawl_log.read_text()
     assert f"Checkpoint {checkpoint_id} in {store}" in text and "unreadable" in text, text[-3000:]
-    assert "'finish_reason': 'checkpoint_error'" in text
+    assert "'finish_reason': 'checkpoint_error'" in text and code == 1, text[-3000:]
     assert demo_support.count_lines(tmp_path / "items.jsonl") == items_before
 
 
@@ -212,13 +212,13 @@ def test_credentials_never_logged(tmp_path, shop, password_in_url, mongo_server)
     finally:
         server.stop()
     text = crawl_log.read_text()
-    assert code == 0, text[-3000:]
+    assert code == 1, text[-3000:]  # refused to run without its checkpoint
     for leaked in (secret, wrong, "m0ngo-Secret"):
         assert leaked not in text
     # The stand-in cannot log anyone in: the crawl refuses to run without its checkpoint,
     # and says which store failed, redacted.
     assert "failed to open" in text and "checkpoint:***@127.0.0.1" in text, text[-3000:]
-    assert "'finish_reason': 'checkpoint_error'" in text
+    assert "'finish_reason': 'checkpoint_error'" in text and code == 1, text[-3000:]
 
 
 @pytest.mark.parametrize("down", ["redis", "mongodb", "both"])
@@ -258,5 +258,6 @@ def test_wrong_redis_password_refuses_to_crawl(tmp_path, shop):
         server.stop()
     text = crawl_log.read_text()
     assert "refused the login" in text and "'finish_reason': 'checkpoint_error'" in text, text[-3000:]
+    assert code == 1  # cron or an orchestrator sees that the crawl did not run
     assert "wr0ng-Pa55word" not in text
     assert demo_support.count_lines(tmp_path / "items.jsonl") == 0

@@ -451,7 +451,7 @@ def test_feed_changed_between_runs_is_refused(tmp_path, shop, rng, change):
     before = path.read_bytes()
     run = crawl(shop, tmp_path, ["-O", str(path)], resume=True)
     text = run.text
-    assert "'finish_reason': 'checkpoint_error'" in text, run.tail()
+    assert "'finish_reason': 'checkpoint_error'" in text and run.code == 1, run.tail()
     assert f"Feed {path}" in text, run.tail()
     if change == "shortened":
         assert f"has {len(before)} bytes, but the checkpoint saved it at {length} bytes" in text, run.tail()
@@ -481,7 +481,7 @@ def test_unwritable_feed_fails_at_start(tmp_path, shop):
     path = blocker / "items.jsonl"
     run = crawl(shop, tmp_path, ["-o", str(path)])
     text = run.text
-    assert "'finish_reason': 'checkpoint_error'" in text, run.tail()
+    assert "'finish_reason': 'checkpoint_error'" in text and run.code == 1, run.tail()
     assert f"Feed {path} cannot be opened for writing" in text, run.tail()
     assert blocker.read_text() == "a regular file\n"
     assert shop.product_pages() == 0
