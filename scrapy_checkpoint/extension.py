@@ -23,6 +23,7 @@ from ._fingerprints import FingerprintSet
 from ._redact import scrub, secrets_of
 from ._serialization import RequestSerializer
 from .exceptions import CheckpointError, CheckpointNotFound, StoreUnavailable
+from .metrics import CheckpointMetrics
 from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
 from .outputs.feeds import CheckpointFeedExporter
 from .outputs.keys import forget, remember
@@ -121,6 +122,7 @@ class CheckpointExtension:
         self.store: CheckpointStore = store_class(self.settings).from_checkpoint_settings(self.settings)
         self._secrets = secrets_of(self.settings.redis_url) | secrets_of(self.settings.mongo_uri)
         self.store.stats = crawler.stats
+        self.metrics = CheckpointMetrics.from_settings(self.settings, crawler.stats)
         self.checkpoint: Checkpoint | None = None
         self.spider_checkpoint: SpiderCheckpoint | None = None
         self._steps: dict[str, int] = dict(getattr(crawler.spidercls, "checkpoint_steps", {}) or {})
@@ -181,9 +183,11 @@ class CheckpointExtension:
                 {"site": site, "interval": self.settings.flush_interval, "batch": self.settings.batch_size},
             )
         self._feeds = self._find_feeds()
+        self.metrics.opened(*self._identity(spider), self.store.name)
         try:
             try:
                 await run_in_thread(self.store.open)
+                self.metrics.store_state(True)
                 checkpoint, resumed = await self._load_or_create(spider)
                 if resumed and self._feeds is not None:
                     self._feeds.resume(spider, checkpoint.checkpoint_id, self.settings.directory,
@@ -197,11 +201,19 @@ class CheckpointExtension:
                 self._store_error("open", exc)
         except CheckpointError as exc:
             logger.error("%s", self._scrub(exc))
+            if self.settings.resume:
+                self.metrics.recovery(resumed=False)
             raise CloseSpider(CHECKPOINT_ERROR) from exc
         except Exception as exc:  # a refused login, a broken store: no checkpoint, no crawl
             logger.error("Checkpoint store %(store)s failed to open: %(error)s",
                          {"store": self.store.describe(), "error": self._scrub(exc)})
+            if self.settings.resume:
+                self.metrics.recovery(resumed=False)
             raise CloseSpider(CHECKPOINT_ERROR) from exc
+        if resumed:
+            self.metrics.recovery(resumed=True)
+        else:
+            self.metrics.checkpoint_created()
         self.checkpoint = checkpoint
         if resumed:
             self._restore_started(checkpoint)
@@ -292,6 +304,7 @@ class CheckpointExtension:
         self._batch = Batch(seq=checkpoint.seq + 1)
         data = checkpoint.pipeline_data
         pending = data.urls_discovered - data.urls_processed
+        self.metrics.pending_changed(pending)
         # Only what was pending at the start: requests this run discovers are in the store
         # after them, and in the scheduler already.
         self._reseed_left = pending
@@ -539,6 +552,7 @@ class CheckpointExtension:
         if not (self._events or batch.status or batch.state is not None) and idle:
             return
         self._last_taken = time.monotonic()
+        self.metrics.pending_changed(len(batch.discovered) - len(batch.processed))
         self._unflushed.append(batch)
         self._batch = Batch(seq=batch.seq + 1)
         self._events = 0
@@ -600,7 +614,9 @@ class CheckpointExtension:
                 while self._unflushed:
                     batch = self._unflushed[0]
                     try:
-                        await run_in_thread(self._apply, cid, batch, ttl or self.settings.ttl)
+                        seconds, storage_ratio = await run_in_thread(
+                            self._apply, cid, batch, ttl or self.settings.ttl
+                        )
                     except KeyError:
                         self._lost_by_store()
                         return False
@@ -608,6 +624,7 @@ class CheckpointExtension:
                         self._store_error("flush", exc)
                         return False
                     self._unflushed.popleft()
+                    self.metrics.flushed(seconds, storage_ratio)
                     self.stats.inc_value("checkpoint/flushes")
                     self.stats.inc_value("checkpoint/flushed/requests", len(batch.discovered))
                     self.stats.inc_value("checkpoint/flushed/processed", len(batch.processed))
@@ -615,11 +632,16 @@ class CheckpointExtension:
                     return True
         finally:
             self._flushing = None
+            self.metrics.buffered(sum(len(b) for b in self._unflushed))
 
-    def _apply(self, cid: str, batch: Batch, ttl: float) -> None:
+    def _apply(self, cid: str, batch: Batch, ttl: float) -> tuple[float, float | None]:
+        """Apply *batch*; return how long the store took, and its storage used ratio (measured
+        here, in the flush thread: a disk or INFO query never blocks the reactor)."""
         # The feeds reach the disk before the lengths that describe them reach the store.
         CheckpointFeedExporter.sync(batch.outputs)
+        started = time.perf_counter()
         self.store.apply(cid, batch, ttl)
+        return time.perf_counter() - started, self.metrics.measure_storage(self.store)
 
     def _lost_by_store(self) -> None:
         """The store no longer has the record (a Redis restarted without persistence):
@@ -650,6 +672,7 @@ class CheckpointExtension:
             self.crawler.spider = None  # type: ignore[assignment]
         if self.checkpoint is None:
             await run_in_thread(self.store.close)
+            await self.metrics.close()
             return
         while self._flushing is not None:
             await maybe_deferred_to_future(self._flushing)
@@ -695,10 +718,12 @@ class CheckpointExtension:
                 {"id": self.checkpoint.checkpoint_id, "lost": lost, "store": self.store.describe()},
             )
         await run_in_thread(self.store.close)
+        await self.metrics.close()
 
     # Errors
 
     def _store_error(self, action: str, exc: Exception) -> None:
+        self.metrics.store_state(False)
         self._warn_once(
             "store_error", exc, f"Checkpoint store {self.store.describe()} failed to {action}; will retry"
         )

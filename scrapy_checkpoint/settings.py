@@ -47,6 +47,13 @@ DEFAULTS: dict[str, Any] = {
     "CHECKPOINT_MONGO_ITEMS_URI": None,
     "CHECKPOINT_MONGO_ITEMS_DATABASE": None,
     "CHECKPOINT_MONGO_ITEMS_COLLECTION": "items",
+    # /metrics for Prometheus (the [prometheus] extra): None serves none.
+    "CHECKPOINT_PROMETHEUS_PORT": None,
+    "CHECKPOINT_PROMETHEUS_ADDRESS": "127.0.0.1",
+    "CHECKPOINT_PROMETHEUS_PUSHGATEWAY": None,
+    # Bytes the store may use, for scrapy_checkpoint_storage_used_ratio; None: the free disk
+    # space (SQLite) or Redis maxmemory.
+    "CHECKPOINT_STORAGE_LIMIT": None,
 }
 
 #: The environment variable that turns checkpoints on, like CHECKPOINT_ENABLED.
@@ -150,6 +157,40 @@ def _optional_str(settings: BaseSettings, name: str) -> str | None:
     return value
 
 
+def _optional_int(
+    settings: BaseSettings, name: str, low: int, high: int | None, rule: str, example: int
+) -> int | None:
+    """An optional whole number in [low, high]; None or "" leaves it unset."""
+    raw = settings.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = None
+    if (value is None or isinstance(raw, bool) or (isinstance(raw, float) and raw != value)
+            or value < low or (high is not None and value > high)):
+        raise ValueError(f"{name} ({raw!r}) must be {rule}. Set it to e.g. {example!r}, or None.")
+    return value
+
+
+def _prometheus(settings: BaseSettings) -> tuple[int | None, str, str | None]:
+    port = _optional_int(settings, "CHECKPOINT_PROMETHEUS_PORT", 1, 65535, "a TCP port, 1 to 65535", 9410)
+    address = _get(settings, "CHECKPOINT_PROMETHEUS_ADDRESS")
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(
+            f"CHECKPOINT_PROMETHEUS_ADDRESS ({address!r}) must be the address to serve /metrics "
+            "on, e.g. '127.0.0.1'."
+        )
+    gateway = _optional_str(settings, "CHECKPOINT_PROMETHEUS_PUSHGATEWAY")
+    if gateway is not None and not gateway.startswith(("http://", "https://")):
+        raise ValueError(
+            f"CHECKPOINT_PROMETHEUS_PUSHGATEWAY ({redact_uri(gateway)!r}) must be an http:// or "
+            "https:// URL, e.g. 'http://127.0.0.1:9091'."
+        )
+    return port, address.strip(), gateway
+
+
 @dataclass(frozen=True)
 class CheckpointSettings:
     """Validated CHECKPOINT_* settings, read once at startup."""
@@ -178,6 +219,12 @@ class CheckpointSettings:
     buffer_limit: int
     #: Flush interval and batch size of particular sites, over the two above.
     site_limits: dict[str, dict[str, Any]]
+    #: The port of /metrics; None: no metrics served.
+    prometheus_port: int | None = None
+    prometheus_address: str = "127.0.0.1"
+    prometheus_pushgateway: str | None = None
+    #: Bytes the store may use; None: measured (disk space, Redis maxmemory) where it can be.
+    storage_limit: int | None = None
 
     def for_site(self, site: str) -> CheckpointSettings:
         """These settings with *site*'s own CHECKPOINT_SITE_LIMITS, if it has any."""
@@ -203,6 +250,7 @@ class CheckpointSettings:
                 f"CHECKPOINT_ARCHIVE_TTL ({archive_ttl!r}) must be 0 (keep forever) or a positive "
                 "number of seconds."
             )
+        prometheus_port, prometheus_address, prometheus_pushgateway = _prometheus(settings)
         return cls(
             resume=_bool(settings, "CHECKPOINT_RESUME") or checkpoint_id is not None,
             checkpoint_id=checkpoint_id,
@@ -228,6 +276,11 @@ class CheckpointSettings:
             archive_ttl=archive_ttl,
             buffer_limit=_positive(settings, "CHECKPOINT_BUFFER_LIMIT", int, "whole number of events"),
             site_limits=_site_limits(settings),
+            prometheus_port=prometheus_port,
+            prometheus_address=prometheus_address,
+            prometheus_pushgateway=prometheus_pushgateway,
+            storage_limit=_optional_int(settings, "CHECKPOINT_STORAGE_LIMIT", 1, None,
+                                        "a positive whole number of bytes", 10 * 2**30),
         )
 
 
