@@ -413,10 +413,10 @@ class CheckpointFeedExporter(FeedExporter):
     def _finish(self, feed: _Feed, completed: bool) -> None:
         slot, target = feed.slot, feed.target
         assert target is not None
-        if slot.itemcount or slot._exporting:
-            slot.start_exporting()
-            slot.finish_exporting()
-        elif slot.store_empty and slot.batch_id == 1 and (completed or feed.kind == "file"):
+        # An empty feed is written as Scrapy writes it (FEED_STORE_EMPTY), except a held one
+        # that will not be delivered yet.
+        empty = slot.store_empty and slot.batch_id == 1 and (completed or feed.kind == "file")
+        if slot.itemcount or slot._exporting or empty:
             slot.start_exporting()
             slot.finish_exporting()
         if target.file is not None:
@@ -481,8 +481,8 @@ class CheckpointFeedExporter(FeedExporter):
                                                 "length": length})
         uri = _unredact(entry["uri"], template)
         slot = self._slot(entry["batch_id"], uri, options, spider, template)
-        feed = self._feeds[template] = _Feed(template, options, self._kind(template, options), slot,
-                                              finished=[list(e) for e in entry["finished"]])
+        self._feeds[template] = _Feed(template, options, self._kind(template, options), slot,
+                                      finished=[list(e) for e in entry["finished"]])
         target = _FeedFile(path, length, fresh=False)
         self._attach(template, target)
         slot.itemcount = entry["items"]
@@ -497,7 +497,6 @@ class CheckpointFeedExporter(FeedExporter):
             assert slot.exporter is not None
             for name, value in entry["exporter"].items():
                 setattr(slot.exporter, name, _decode_fields(value) if name == "fields_to_export" else value)
-        feed.target = target
 
 
 def _unredact(uri: str, template: str) -> str:
