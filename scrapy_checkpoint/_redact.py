@@ -18,17 +18,32 @@ def redact_uri(uri: str) -> str:
     Everything before the last ``@`` counts as credentials, so a password with unescaped
     ``@``, ``/`` or ``?`` is hidden whole rather than cut in two.
     """
+    scheme, userinfo, rest = _split_userinfo(uri)
+    user, colon, _ = userinfo.partition(":")
+    if colon:
+        rest = f"{user}:***@{rest}"
+    elif userinfo:
+        rest = f"{userinfo}@{rest}"
+    head, question, query = rest.partition("?")
+    query = _SECRET_PROPERTY.sub(r"\1***", _SECRET_PARAM.sub(r"\1***", query))
+    return scheme + head + question + query
+
+
+def strip_userinfo(uri: str) -> str:
+    """*uri* without ``user:password@``: ``http://u:p@host:8080`` becomes ``http://host:8080``
+    (a password with an unescaped ``@`` or ``/`` goes whole, as in :func:`redact_uri`)."""
+    scheme, _, rest = _split_userinfo(uri)
+    return scheme + rest
+
+
+def _split_userinfo(uri: str) -> tuple[str, str, str]:
+    """``(scheme://, user:password, the rest)``; everything before the last ``@`` counts as
+    the user information."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
         scheme, rest = "", uri
-    userinfo, at, hosts = rest.rpartition("@")
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        if colon:
-            rest = f"{user}:***@{hosts}"
-    head, question, query = rest.partition("?")
-    query = _SECRET_PROPERTY.sub(r"\1***", _SECRET_PARAM.sub(r"\1***", query))
-    return scheme + sep + head + question + query
+    userinfo, _, rest = rest.rpartition("@")
+    return scheme + sep, userinfo, rest
 
 
 _SECRET_VALUE = re.compile(r"(?:password|secret|token)[^=:,&;#]*[=:]([^,&;#]+)", re.I)

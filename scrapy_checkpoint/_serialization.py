@@ -10,6 +10,7 @@ from scrapy import Request
 from scrapy.http import Headers
 from scrapy.utils.request import request_from_dict
 
+from ._redact import strip_userinfo
 from .settings import DEFAULTS
 
 if TYPE_CHECKING:
@@ -18,18 +19,6 @@ if TYPE_CHECKING:
 #: Meta keys HttpProxyMiddleware sets along with a Proxy-Authorization header: the proxy
 #: that header is for, and that the proxy came from the environment.
 _PROXY_AUTH_META = frozenset({"_auth_proxy", "_scheme_proxy"})
-
-
-def strip_userinfo(proxy: str) -> str:
-    """*proxy* without ``user:password@``: ``http://u:p@host:8080`` becomes ``http://host:8080``.
-
-    Everything before the last ``@`` counts as credentials (like ``_redact.redact_uri``), so
-    a password with an unescaped ``@`` or ``/`` goes whole.
-    """
-    scheme, sep, rest = proxy.partition("://")
-    if not sep:
-        scheme, rest = "", proxy
-    return scheme + sep + rest.rpartition("@")[2]
 
 
 def _has_userinfo(proxy: Any) -> bool:

@@ -11,7 +11,8 @@ from scrapy import FormRequest, Request, Spider
 from scrapy.downloadermiddlewares.httpproxy import HttpProxyMiddleware
 from scrapy.http import JsonRequest
 
-from scrapy_checkpoint._serialization import RequestSerializer, strip_userinfo
+from scrapy_checkpoint._redact import strip_userinfo
+from scrapy_checkpoint._serialization import RequestSerializer
 
 
 class ShopSpider(Spider):
