@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,8 @@ WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
 SCAN_CACHE_KIB = 2048
 #: Bits of a request's position that number it within its batch.
 POSITION_BITS = 32
+#: The first bits of a WAL header's magic number; its last bit gives the checksums' byte order.
+WAL_MAGIC = 0x377F0682
 
 # Rows refer to their checkpoint by its integer key: a 36-character UUID repeated in every
 # row and index entry would make up much of a large file. Requests live in a B-tree ordered
@@ -71,6 +75,15 @@ CREATE INDEX IF NOT EXISTS items_checkpoint ON items (checkpoint);
 """
 
 
+def _wal_checksum(order: str, data: bytes, s0: int = 0, s1: int = 0) -> tuple[int, int]:
+    """SQLite's WAL checksum of *data*, carried on from (s0, s1)."""
+    words = iter(struct.unpack(f"{order}{len(data) // 4}I", data))
+    for a, b in zip(words, words):
+        s0 = (s0 + a + s1) & 0xFFFFFFFF
+        s1 = (s1 + b + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
 class SQLiteCheckpointStore(CheckpointStore):
     """Checkpoints in ``CHECKPOINT_DIR/checkpoints.sqlite3``.
 
@@ -103,6 +116,7 @@ class SQLiteCheckpointStore(CheckpointStore):
             if self._db is not None:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_wal()
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             try:
                 # Another crawl holding the write lock longer than this is a store outage.
@@ -182,6 +196,63 @@ class SQLiteCheckpointStore(CheckpointStore):
                 f"crawl then starts a new file), and to save what it holds try: sqlite3 "
                 f"{self.path} .recover | sqlite3 {self.path.with_suffix('.recovered.sqlite3')}"
             ) from exc
+
+    def _check_wal(self) -> None:
+        """Say so when SQLite will replay the WAL only in part, and keep a copy of it.
+
+        SQLite stops at the first frame that fails its checksum and drops every later one,
+        committed batches included: a resume would start from an older state without a word.
+        A torn tail (a power cut) is normal, so only a commit frame after the break whose
+        checksum holds from its predecessor's stored one proves committed batches behind it.
+        A frame of the WAL's generation that is not a commit frame proves nothing: a rolled
+        back transaction leaves such frames behind.
+        """
+        try:
+            with self._wal.open("rb") as f:
+                wal = f.read()
+                if len(wal) < 32:
+                    return
+                f.seek(0)
+                if f.read(32) != wal[:32]:
+                    return  # restarted while read: a live connection has replayed it already
+        except FileNotFoundError:
+            return
+        magic, version, page_size = struct.unpack(">3I", wal[:12])
+        if page_size & (page_size - 1) or not 512 <= page_size <= 65536:
+            return  # no frame can be found, so none proves anything
+        # SQLite ignores the whole WAL if its header fails. Its frames still chain from the
+        # stored checksum, so a damaged header is one more frame before the break; a damaged
+        # magic number most likely still has its byte-order bit.
+        order = ">" if magic & 1 else "<"
+        stored = struct.unpack(">2I", wal[24:32])
+        broken = (magic & ~1, version) != (WAL_MAGIC, 3007000) or _wal_checksum(order, wal[:24]) != stored
+        replayed = 0 if broken else 32  # where SQLite's replay stops
+        size = 24 + page_size
+        for offset in range(32, len(wal) - size + 1, size):
+            head = wal[offset:offset + 24]
+            previous, stored = stored, struct.unpack(">2I", head[16:24])
+            commit = head[4:8] != bytes(4)
+            # Frames of an older generation (other salts) are no part of it. Past the break
+            # only a commit frame can prove anything, so only those cost a checksum there.
+            valid = head[8:16] == wal[16:24] and (commit or not broken) and _wal_checksum(
+                order, head[:8] + wal[offset + 24:offset + size], *previous
+            ) == stored
+            if valid and commit and not broken:
+                replayed = offset + size
+            elif valid and commit:
+                # The state SQLite replays is an older one, whole and consistent: the crawl goes
+                # on from it (after a power cut, the only way to go on), and says so.
+                kept = self._wal.with_name(f"{self._wal.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+                kept.write_bytes(wal)
+                logger.error(
+                    "%(wal)s is damaged (a disk error, or a power cut while it was written): SQLite "
+                    "replays it only up to byte %(offset)d and drops the batches committed after it, "
+                    "so checkpoints in %(path)s go back to their state before them and their pages are "
+                    "done again. The whole WAL is kept as %(kept)s.",
+                    {"wal": self._wal, "offset": replayed, "path": self.path, "kept": kept},
+                )
+                return
+            broken = broken or not valid
 
     @property
     def db(self) -> sqlite3.Connection:
