@@ -112,17 +112,27 @@ class CheckpointExtension:
             # Code written for checkpoints (self.checkpoint.state) runs without them too.
             crawler.signals.connect(give_spider_a_checkpoint, signals.spider_opened)
             raise NotConfigured
-        self.settings = CheckpointSettings.from_settings(crawler.settings)
         self.crawler = crawler
+        try:
+            self.settings = CheckpointSettings.from_settings(crawler.settings)
+            self.store: CheckpointStore = store_class(self.settings).from_checkpoint_settings(self.settings)
+            self.metrics = CheckpointMetrics.from_settings(self.settings, crawler.stats)
+        except (ValueError, ImportError) as exc:
+            # One line that names the setting, rather than Scrapy's traceback of a crawl that
+            # failed to start. The crawl closes at once, without a store or a feed opened
+            # (a file given with -O keeps its content), and `scrapy crawl` exits 1.
+            logger.error("%s", exc)
+            self.misconfigured = True
+            crawler.signals.connect(self._refuse_to_start, signals.spider_opened)
+            crawler.signals.connect(self._exit_non_zero, signals.spider_closed)
+            return
         self.stats = crawler.stats
         self.fingerprint = crawler.request_fingerprinter.fingerprint
         self.serializer = RequestSerializer(
             crawler.spider, self.settings.private_headers, self.settings.private_meta
         )
-        self.store: CheckpointStore = store_class(self.settings).from_checkpoint_settings(self.settings)
         self._secrets = secrets_of(self.settings.redis_url) | secrets_of(self.settings.mongo_uri)
         self.store.stats = crawler.stats
-        self.metrics = CheckpointMetrics.from_settings(self.settings, crawler.stats)
         self.checkpoint: Checkpoint | None = None
         self.spider_checkpoint: SpiderCheckpoint | None = None
         self._steps: dict[str, int] = dict(getattr(crawler.spidercls, "checkpoint_steps", {}) or {})
@@ -161,9 +171,21 @@ class CheckpointExtension:
         crawler.signals.connect(self.scheduler_empty, signals.scheduler_empty)
         crawler.signals.connect(self.spider_idle, signals.spider_idle)
 
+    #: The checkpoint settings are invalid: the crawl is refused (nothing else is set up).
+    misconfigured = False
+
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> CheckpointExtension:
         return cls(crawler)
+
+    def _refuse_to_start(self) -> None:
+        raise CloseSpider(CHECKPOINT_ERROR)
+
+    def _exit_non_zero(self) -> None:
+        # `scrapy crawl` exits 1 only for a crawler that ends without a spider (its test of
+        # a failed start); a crawl that refused to run without its checkpoint is one, and
+        # cron or an orchestrator must see it.
+        self.crawler.spider = None  # type: ignore[assignment]
 
     # Opening and resuming
 
@@ -666,10 +688,7 @@ class CheckpointExtension:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if reason == CHECKPOINT_ERROR:
-            # `scrapy crawl` exits 1 only for a crawler that ends without a spider (its test of
-            # a failed start); a crawl that refused to run without its checkpoint is one, and
-            # cron or an orchestrator must see it.
-            self.crawler.spider = None  # type: ignore[assignment]
+            self._exit_non_zero()
         if self.checkpoint is None:
             await run_in_thread(self.store.close)
             await self.metrics.close()

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def _extension(crawler: Crawler) -> CheckpointExtension:
     extension = crawler.get_extension(CheckpointExtension)
-    if extension is None:
+    if extension is None or extension.misconfigured:
         raise NotConfigured
     return extension
 

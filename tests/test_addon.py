@@ -81,9 +81,15 @@ def test_spider_without_checkpoints_still_has_one(spidercls, enabled):
     spider.checkpoint.state["seen"] = 1
 
 
-def test_invalid_setting_fails_at_startup():
-    with pytest.raises(ValueError, match="CHECKPOINT_BATCH_SIZE"):
-        crawler_with_addon(CHECKPOINT_ENABLED=True, CHECKPOINT_BATCH_SIZE=0)
+def test_invalid_setting_refuses_the_crawl_in_one_line(caplog):
+    crawler = crawler_with_addon(CHECKPOINT_ENABLED=True, CHECKPOINT_BATCH_SIZE=0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["CHECKPOINT_BATCH_SIZE (0) must be a positive whole number of events. "
+                      "Set it to e.g. 500."]
+    assert crawler.get_extension(CheckpointExtension).misconfigured
+    for mw in (CheckpointSpiderMiddleware, CheckpointDownloaderMiddleware):
+        with pytest.raises(NotConfigured):
+            build_from_crawler(mw, crawler)
 
 
 @pytest.mark.parametrize("mw", [CheckpointSpiderMiddleware, CheckpointDownloaderMiddleware])

@@ -221,6 +221,23 @@ def test_unknown_checkpoint_id(tmp_path, shop):
     assert demo_support.count_lines(tmp_path / "items.jsonl") == 0
 
 
+def test_bad_setting_is_one_error_line_and_exit_1(tmp_path, shop):
+    url, _, _ = shop
+    feed = tmp_path / "kept.jsonl"
+    feed.write_text('{"sku": "saved before"}\n')
+    code, _, crawl_log = demo_support.run_crawl(
+        None, url, None, {**settings(tmp_path), "CHECKPOINT_FLUSH_INTERVAL": -5},
+        log_path=tmp_path / "crawl.log", timeout=180, args=["-O", f"{feed}:jsonlines"],
+    )
+    text = crawl_log.read_text()
+    errors = [line for line in text.splitlines() if "ERROR" in line]
+    assert errors == [line for line in errors if "CHECKPOINT_FLUSH_INTERVAL ('-5') must be a positive" in line]
+    assert len(errors) == 1 and "Traceback" not in text, text[-3000:]
+    assert "'finish_reason': 'checkpoint_error'" in text and code == 1, text[-3000:]
+    assert feed.read_text() == '{"sku": "saved before"}\n'  # -O did not empty it
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_resume_by_id(tmp_path, shop):
     url, log, products = shop
     crawl(url, tmp_path, kill_when_items=products // 2)
