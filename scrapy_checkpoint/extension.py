@@ -27,6 +27,7 @@ from .metrics import CheckpointMetrics
 from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
 from .outputs.feeds import CheckpointFeedExporter
 from .outputs.keys import forget, remember
+from .runs import CheckpointRunRecorder
 from .settings import CheckpointSettings, checkpoints_on, is_enabled
 from .stores import store_class
 
@@ -133,6 +134,7 @@ class CheckpointExtension:
         )
         self._secrets = secrets_of(self.settings.redis_url) | secrets_of(self.settings.mongo_uri)
         self.store.stats = crawler.stats
+        self.runs = CheckpointRunRecorder(crawler.stats)
         self.checkpoint: Checkpoint | None = None
         self.spider_checkpoint: SpiderCheckpoint | None = None
         self._steps: dict[str, int] = dict(getattr(crawler.spidercls, "checkpoint_steps", {}) or {})
@@ -143,6 +145,7 @@ class CheckpointExtension:
         self._uncreated = False
         self._flushing: Any = None
         self._loop: Any = None
+        self._progress_loop: Any = None
         self._work: dict[Any, _Work] = {}
         self._last_discovered: Request | None = None
         self._warned: set[str] = set()
@@ -196,6 +199,7 @@ class CheckpointExtension:
         return spider.name, str(site), str(job)
 
     async def spider_opened(self, spider: Spider) -> None:
+        started = time.perf_counter()
         site = self._identity(spider)[1]
         if site in self.settings.site_limits:
             self.settings = self.settings.for_site(site)
@@ -212,8 +216,14 @@ class CheckpointExtension:
                 self.metrics.store_state(True)
                 checkpoint, resumed = await self._load_or_create(spider)
                 if resumed and self._feeds is not None:
-                    self._feeds.resume(spider, checkpoint.checkpoint_id, self.settings.directory,
-                                       checkpoint.pipeline_data.outputs)
+                    try:
+                        self._feeds.resume(spider, checkpoint.checkpoint_id, self.settings.directory,
+                                           checkpoint.pipeline_data.outputs)
+                    except CheckpointError as exc:
+                        await self._record_refusal(checkpoint, exc)
+                        raise
+                if resumed:
+                    self.runs.begin(checkpoint, resume_seconds=time.perf_counter() - started)
             except StoreUnavailable as exc:
                 if self.settings.resume:
                     raise CheckpointError(f"{exc}: cannot resume until it is back.") from exc
@@ -246,8 +256,32 @@ class CheckpointExtension:
         )
         spider.checkpoint = self.spider_checkpoint  # type: ignore[attr-defined]
         self.stats.set_value("checkpoint/id", checkpoint.checkpoint_id)
+        if resumed:
+            # The run is in the history at once (a run killed before its first flush too),
+            # and a failed checkpoint is active again.
+            self._flush_soon()
         self._loop = create_looping_call(self._flush_soon)
         self._loop.start(self.settings.flush_interval, now=False)
+        if self.settings.log_interval:
+            self._progress_loop = create_looping_call(self._log_progress)
+            self._progress_loop.start(self.settings.log_interval, now=False)
+
+    async def _record_refusal(self, checkpoint: Checkpoint, exc: Exception) -> None:
+        """Record in the checkpoint's runs that a resume of it was refused, and why: the
+        recoveries that fail are part of its history (best effort: the crawl ends anyway)."""
+        self.runs.begin(checkpoint, refused=self._scrub(exc))
+        batch = Batch(seq=checkpoint.seq + 1)
+        self.runs.taken(batch)
+        try:
+            await run_in_thread(self.store.apply, checkpoint.checkpoint_id, batch, self.settings.ttl)
+        except Exception as error:
+            logger.debug("The refused resume of %s is not recorded: %r", checkpoint.checkpoint_id, error)
+
+    def _log_progress(self) -> None:
+        assert self.checkpoint is not None
+        self.runs.log_progress(
+            self.checkpoint.checkpoint_id, self._batch, sum(len(b) for b in self._unflushed)
+        )
 
     async def _load_or_create(self, spider: Spider) -> tuple[Checkpoint, bool]:
         name, site, job = self._identity(spider)
@@ -291,6 +325,7 @@ class CheckpointExtension:
     def _new_checkpoint(self, spider: Spider) -> Checkpoint:
         name, site, job = self._identity(spider)
         checkpoint = Checkpoint.new(ttl=self.settings.ttl, spider=name, site_domain=site, job_type=job)
+        self.runs.begin(checkpoint)
         if self._feeds is not None:
             checkpoint.pipeline_data.outputs = self._feeds.initial_state(
                 spider, checkpoint.checkpoint_id, self.settings.directory
@@ -571,8 +606,9 @@ class CheckpointExtension:
             batch.outputs = self._feeds.snapshot()
         # An idle crawl still sends an empty batch now and then: it refreshes the TTLs.
         idle = time.monotonic() - self._last_taken < self.settings.ttl / 4
-        if not (self._events or batch.status or batch.state is not None) and idle:
+        if not (self._events or batch.status or batch.state is not None or self.runs.unsaved) and idle:
             return
+        self.runs.taken(batch)
         self._last_taken = time.monotonic()
         self.metrics.pending_changed(len(batch.discovered) - len(batch.processed))
         self._unflushed.append(batch)
@@ -647,6 +683,7 @@ class CheckpointExtension:
                         return False
                     self._unflushed.popleft()
                     self.metrics.flushed(seconds, storage_ratio)
+                    self.runs.flushed(seconds)
                     self.stats.inc_value("checkpoint/flushes")
                     self.stats.inc_value("checkpoint/flushed/requests", len(batch.discovered))
                     self.stats.inc_value("checkpoint/flushed/processed", len(batch.processed))
@@ -685,8 +722,9 @@ class CheckpointExtension:
                     {"id": checkpoint.checkpoint_id, "store": self.store.describe()})
 
     async def spider_closed(self, spider: Spider, reason: str) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._progress_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         if reason == CHECKPOINT_ERROR:
             self._exit_non_zero()
         if self.checkpoint is None:
@@ -715,6 +753,7 @@ class CheckpointExtension:
             self._take_batch()
             if not await self._feeds.close(completed=status is CheckpointStatus.COMPLETED):
                 status, ttl = CheckpointStatus.FAILED, self.settings.ttl
+        self.runs.closing(reason, status)
         self._take_batch(status)
         saved = await self._flush(ttl=ttl)
         for _ in range(CLOSE_RETRIES):
@@ -743,6 +782,7 @@ class CheckpointExtension:
 
     def _store_error(self, action: str, exc: Exception) -> None:
         self.metrics.store_state(False)
+        self.runs.store_failed()
         self._warn_once(
             "store_error", exc, f"Checkpoint store {self.store.describe()} failed to {action}; will retry"
         )

@@ -64,6 +64,45 @@ class PipelineData(_Model):
     outputs: list[dict[str, Any]] = Field(default_factory=list)
 
 
+#: Runs a checkpoint record keeps, the newest: a crawl resumed more often forgets its oldest.
+RUN_HISTORY = 50
+
+
+class CheckpointRun(_Model):
+    """One run of a checkpoint: a ``scrapy crawl`` process, from its start to its close or its
+    death. Saved with every batch, so that a killed run keeps what it did up to its last one."""
+
+    number: int = Field(ge=1)
+    started_at: datetime
+    #: When its last batch was saved: about when a killed run died.
+    updated_at: datetime
+    #: None while it runs, and for ever when it was killed.
+    ended_at: datetime | None = None
+    close_reason: str | None = None
+    #: The status its close saved (None until it closes).
+    status: CheckpointStatus | None = None
+    host: str = ""
+    pid: int = Field(0, ge=0)
+    resumed: bool = False
+    #: The batch it resumed from, what was pending then, and how long the resume took
+    #: (store opened, processed set loaded, feeds checked), in seconds.
+    resumed_from_seq: int | None = Field(None, ge=0)
+    pending_at_resume: int | None = Field(None, ge=0)
+    resume_seconds: float | None = Field(None, ge=0)
+    #: Why a resume was refused (the checkpoint was found but could not be resumed).
+    refused: str | None = None
+    requests: int = Field(0, ge=0)
+    pages: int = Field(0, ge=0)
+    items: int = Field(0, ge=0)
+
+    def outcome(self, last: bool) -> str:
+        """How the run ended: its close reason, ``killed`` when a later run started without it
+        closing, ``running`` for the last run with no end recorded (or killed, until resumed)."""
+        if self.ended_at is not None:
+            return self.close_reason or "closed"
+        return "running" if last else "killed"
+
+
 class Checkpoint(_Model):
     """One crawl's checkpoint record (the ``checkpoints`` document)."""
 
@@ -80,6 +119,8 @@ class Checkpoint(_Model):
     updated_at: datetime = Field(default_factory=utcnow)
     #: None keeps the record for ever (CHECKPOINT_ARCHIVE_TTL = 0 on a completed crawl).
     expires_at: datetime | None
+    #: Its runs, oldest first; RUN_HISTORY at most.
+    runs: list[CheckpointRun] = Field(default_factory=list)
 
     @classmethod
     def new(cls, *, ttl: float, **fields: Any) -> Checkpoint:
@@ -131,6 +172,8 @@ class Batch:
     state: dict[str, Any] | None = None
     #: The feeds' state after this batch's processed marks (None: no feeds).
     outputs: list[dict[str, Any]] | None = None
+    #: The run that wrote this batch, as it stands after it.
+    run: CheckpointRun | None = None
     status: CheckpointStatus | None = None
 
     def __len__(self) -> int:
@@ -152,12 +195,21 @@ class Batch:
             data.state = self.state
         if self.outputs is not None:
             data.outputs = self.outputs
+        if self.run is not None:
+            checkpoint.runs = merge_run(checkpoint.runs, self.run)
         checkpoint.pipeline_step = max(checkpoint.pipeline_step, self.pipeline_step)
         if self.status is not None:
             checkpoint.status = self.status
         checkpoint.seq = self.seq
         checkpoint.updated_at = utcnow()
         checkpoint.expires_at = expiry(checkpoint.updated_at, ttl)
+
+
+def merge_run(runs: list[CheckpointRun], run: CheckpointRun) -> list[CheckpointRun]:
+    """*runs* with *run* in place of the one of its number, in order, RUN_HISTORY at most."""
+    merged = [r for r in runs if r.number != run.number] + [run]
+    merged.sort(key=lambda r: r.number)
+    return merged[-RUN_HISTORY:]
 
 
 class PriceRange(_Model):

@@ -40,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "CHECKPOINT_MONGO_URI": None,
     "CHECKPOINT_MONGO_DATABASE": "scrapy_checkpoint",
     "CHECKPOINT_ARCHIVE_TTL": 30 * 24 * 3600.0,
+    # Seconds between two progress lines in the log (like LOGSTATS_INTERVAL); 0: none.
+    "CHECKPOINT_LOG_INTERVAL": 60.0,
     "CHECKPOINT_BUFFER_LIMIT": 100_000,
     # {site domain: {"flush_interval": seconds, "batch_size": events}}: a site's own limits.
     "CHECKPOINT_SITE_LIMITS": {},
@@ -87,6 +89,21 @@ def _positive(settings: BaseSettings, name: str, kind: type, unit: str) -> Any:
     if value is None or isinstance(raw, bool) or value <= 0 or value != value:
         raise ValueError(
             f"{name} ({raw!r}) must be a positive {unit}. Set it to e.g. {DEFAULTS[name]!r}."
+        )
+    return value
+
+
+def _seconds_or_zero(settings: BaseSettings, name: str, zero: str) -> float:
+    """A number of seconds, or 0 for *zero* (what 0 means: "keep forever")."""
+    raw = _get(settings, name)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or isinstance(raw, bool) or value < 0 or value != value:
+        raise ValueError(
+            f"{name} ({raw!r}) must be 0 ({zero}) or a positive number of seconds. "
+            f"Set it to e.g. {DEFAULTS[name]!r}."
         )
     return value
 
@@ -217,6 +234,8 @@ class CheckpointSettings:
     mongo_database: str
     archive_ttl: float
     buffer_limit: int
+    #: Seconds between two progress lines; 0: none.
+    log_interval: float
     #: Flush interval and batch size of particular sites, over the two above.
     site_limits: dict[str, dict[str, Any]]
     #: The port of /metrics; None: no metrics served.
@@ -244,12 +263,6 @@ class CheckpointSettings:
             )
         prefix = _optional_str(settings, "CHECKPOINT_REDIS_PREFIX") or DEFAULTS["CHECKPOINT_REDIS_PREFIX"]
         database = _optional_str(settings, "CHECKPOINT_MONGO_DATABASE") or DEFAULTS["CHECKPOINT_MONGO_DATABASE"]
-        archive_ttl = float(_get(settings, "CHECKPOINT_ARCHIVE_TTL"))
-        if archive_ttl < 0:
-            raise ValueError(
-                f"CHECKPOINT_ARCHIVE_TTL ({archive_ttl!r}) must be 0 (keep forever) or a positive "
-                "number of seconds."
-            )
         prometheus_port, prometheus_address, prometheus_pushgateway = _prometheus(settings)
         return cls(
             resume=_bool(settings, "CHECKPOINT_RESUME") or checkpoint_id is not None,
@@ -273,7 +286,8 @@ class CheckpointSettings:
             redis_prefix=prefix,
             mongo_uri=_optional_str(settings, "CHECKPOINT_MONGO_URI"),
             mongo_database=database,
-            archive_ttl=archive_ttl,
+            archive_ttl=_seconds_or_zero(settings, "CHECKPOINT_ARCHIVE_TTL", "keep forever"),
+            log_interval=_seconds_or_zero(settings, "CHECKPOINT_LOG_INTERVAL", "no progress line"),
             buffer_limit=_positive(settings, "CHECKPOINT_BUFFER_LIMIT", int, "whole number of events"),
             site_limits=_site_limits(settings),
             prometheus_port=prometheus_port,

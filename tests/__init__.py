@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from scrapy_checkpoint.models import Batch, Checkpoint, DiscoveredRequest
+from scrapy_checkpoint.models import Batch, Checkpoint, CheckpointRun, DiscoveredRequest, utcnow
 
 
 def fp(n: int) -> bytes:
@@ -25,3 +25,9 @@ def new_checkpoint(**fields) -> Checkpoint:
 
 def batch(seq: int, **fields) -> Batch:
     return Batch(seq=seq, **fields)
+
+
+def run(number: int, **fields) -> CheckpointRun:
+    """A run of a checkpoint, started now."""
+    now = utcnow()
+    return CheckpointRun(number=number, started_at=now, updated_at=now, host="test", pid=1, **fields)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import demo_support
 import pytest
 
-from scrapy_checkpoint.commands.checkpoint import LIST_HEADERS
+from scrapy_checkpoint.commands.checkpoint import LIST_HEADERS, STATS_HEADERS, document
 
 from .redis_server import free_port
 from .test_e2e import checkpoint_id_of, crawl, open_any_store, store_settings  # noqa: F401 (a fixture)
@@ -81,8 +82,7 @@ def held(tmp_path, store_settings, *checkpoint_ids):
                 cursor = after
             processed = sum(1 for _ in store.processed_fingerprints(checkpoint_id))
             items = [item for _, item in store.items(checkpoint_id)]
-            document = {**record.model_dump(mode="json"), "urls_pending": pending}
-            found[checkpoint_id] = document, pending, processed, items
+            found[checkpoint_id] = {**document(record), "urls_pending": pending}, pending, processed, items
         return found
     finally:
         store.close()
@@ -240,3 +240,76 @@ def test_unreachable_store_is_one_line_without_password(tmp_path, store):
     assert run.returncode == 1
     assert where in line and "unavailable" in line, line
     assert "s3cret" not in line
+
+
+def test_run_history_and_stats(tmp_path, small_shop, store_settings):
+    """On every store: a checkpoint killed, resumed and killed, refused a resume (its feed was
+    cut short), then resumed to the end; and one crawled in one go. Each run is recorded as
+    it ended; `stats` counts them per site and job type; the resumed runs log their progress."""
+    url, products = small_shop
+    items_file = tmp_path / "items.jsonl"
+    extra = dict(store_settings, CHECKPOINT_LOG_INTERVAL=0.2)
+    _, killed, log = crawl(url, tmp_path, kill_when_items=products // 4, extra=extra)
+    assert killed
+    checkpoint_id = checkpoint_id_of(log)
+    _, killed, log = crawl(url, tmp_path, resume=True, kill_when_items=products // 2, extra=extra)
+    assert killed
+    kept = items_file.read_bytes()
+    items_file.write_bytes(kept[: len(kept) // 2])
+    code, _, log = crawl(url, tmp_path, resume=True, extra=extra)
+    assert code == 1 and "'finish_reason': 'checkpoint_error'" in log.read_text()
+    items_file.write_bytes(kept)
+    code, _, log = crawl(url, tmp_path, resume=True, extra=extra)
+    assert code == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    progress = re.findall(rf"Checkpoint {checkpoint_id}: (\d+) requests, (\d+) processed .*?, (\d+) pending, "
+                          rf"(\d+) items; .*; store up", text)
+    assert progress, text[-3000:]
+    assert [int(p[1]) for p in progress] == sorted(int(p[1]) for p in progress)  # processed only grows
+    code, _, log = crawl(url, tmp_path, extra=extra)
+    assert code == 0, log.read_text()[-3000:]
+    one_go = checkpoint_id_of(log)
+
+    shown = scrapy_checkpoint(tmp_path, "show", checkpoint_id, "--json", extra=store_settings).json()
+    runs = shown["runs"]
+    assert [r["number"] for r in runs] == [1, 2, 3, 4]
+    assert [r["outcome"] for r in runs] == ["killed", "killed", "checkpoint_error", "finished"]
+    assert [r["resumed"] for r in runs] == [False, True, True, True]
+    assert [r["status"] for r in runs] == [None, None, None, "completed"]
+    assert runs[2]["refused"] and "items.jsonl" in runs[2]["refused"]
+    assert [r["refused"] for r in (runs[0], runs[1], runs[3])] == [None, None, None]
+    assert runs[1]["resumed_from_seq"] <= runs[2]["resumed_from_seq"] == runs[3]["resumed_from_seq"] - 1
+    assert all(r["pending_at_resume"] > 0 for r in runs[1:])
+    assert runs[1]["resume_seconds"] >= 0 and runs[3]["resume_seconds"] >= 0 and runs[2]["resume_seconds"] is None
+    for earlier, later in zip(runs, runs[1:]):
+        assert earlier["updated_at"] <= later["started_at"]
+    # A run's counts are those of its saved batches, whose counts the record sums.
+    data = shown["pipeline_data"]
+    assert sum(r["items"] for r in runs) == data["extraction_results"]["items_scraped"] == products
+    assert sum(r["pages"] for r in runs) == data["urls_processed"]
+    assert runs[2]["pages"] == runs[2]["items"] == 0
+
+    table = scrapy_checkpoint(tmp_path, "show", checkpoint_id, extra=store_settings)
+    lines = table.stdout.splitlines()
+    assert "Runs           4 runs" in lines, table.stdout
+    (refusal,) = [line for line in lines if line.startswith("  run 3 refused: ")]
+
+    stats = scrapy_checkpoint(tmp_path, "stats", "--json", extra=store_settings).json()
+    (group,) = stats["groups"]
+    assert (group["site_domain"], group["job_type"]) == ("products", "product_catalog")
+    expected = {"checkpoints": 2, "active": 0, "completed": 2, "failed": 0, "runs": 5, "killed": 2,
+                "recoveries": 3, "refused": 1, "completed_after_recovery": 1}
+    assert {k: group[k] for k in expected} == expected
+    assert group["recovery_success_rate"] == pytest.approx(2 / 3)
+    assert group["resume_seconds_median"] >= 0 and group["downtime_seconds_median"] >= 0
+    assert group["storage_bytes"] > 0 or group["storage_unknown"] == 2
+    assert stats["total"] == {k: v for k, v in group.items() if k not in ("site_domain", "job_type")}
+    assert one_go != checkpoint_id
+
+    table = scrapy_checkpoint(tmp_path, "stats", extra=store_settings)
+    header, row = table.stdout.splitlines()
+    assert header.split() == " ".join(STATS_HEADERS).split()
+    assert row.split()[:11] == ["products", "product_catalog", "2", "0", "2", "0", "5", "2", "3", "1", "67%"]
+    nothing = scrapy_checkpoint(tmp_path, "stats", "--site", "elsewhere.example", extra=store_settings)
+    assert (nothing.returncode, nothing.stdout) == (0, "")
+    assert "No checkpoints in " in nothing.stderr and "--site elsewhere.example" in nothing.stderr

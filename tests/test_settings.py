@@ -78,9 +78,20 @@ def test_buffer_limit_positive():
         build(CHECKPOINT_BUFFER_LIMIT=-3)
 
 
-def test_archive_ttl_not_negative():
-    with pytest.raises(ValueError, match=r"CHECKPOINT_ARCHIVE_TTL \(-1.0\) must be 0"):
-        build(CHECKPOINT_ARCHIVE_TTL=-1)
+@pytest.mark.parametrize("value", [-1, "soon", True])
+def test_archive_ttl_not_negative(value):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_ARCHIVE_TTL \(.+\) must be 0 \(keep forever\)"):
+        build(CHECKPOINT_ARCHIVE_TTL=value)
+
+
+@pytest.mark.parametrize("value", [-1, "often", float("nan")])
+def test_log_interval_not_negative(value):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_LOG_INTERVAL \(.+\) must be 0 \(no progress line\)"):
+        build(CHECKPOINT_LOG_INTERVAL=value)
+
+
+def test_log_interval_zero_turns_the_line_off():
+    assert build(CHECKPOINT_LOG_INTERVAL="0").log_interval == 0
 
 
 def test_resume_must_be_boolean():

@@ -19,11 +19,11 @@ from pydantic import ValidationError
 from scrapy.settings import Settings
 
 from scrapy_checkpoint.exceptions import CheckpointError, CorruptCheckpointError, StoreUnavailable
-from scrapy_checkpoint.models import CheckpointStatus, QuerySession, UserQuery
+from scrapy_checkpoint.models import RUN_HISTORY, CheckpointStatus, QuerySession, UserQuery, utcnow
 from scrapy_checkpoint.settings import CheckpointSettings
 from scrapy_checkpoint.stores import SQLiteCheckpointStore, store_class
 
-from . import batch, discovered, fp, new_checkpoint
+from . import batch, discovered, fp, new_checkpoint, run
 from .redis_server import RedisServer, find_redis_server, free_port
 
 TTL = 3600.0
@@ -90,6 +90,26 @@ class StoreContract:
         assert store.get(cp.checkpoint_id).pipeline_data.outputs == [later]
         store.apply(cp.checkpoint_id, batch(2, processed=[fp(2)]), TTL)
         assert store.get(cp.checkpoint_id).pipeline_data.outputs == [later]
+
+    def test_runs_saved_by_number(self, store):
+        """A batch carries its run as it stands: it replaces the run of its number, keeps the
+        others, and the oldest go beyond RUN_HISTORY."""
+        cp = new_checkpoint()
+        first = run(1)
+        cp.runs = [first]
+        store.create(cp)
+        assert store.get(cp.checkpoint_id).runs == [first]
+        ended = first.model_copy(update={"pages": 5, "items": 3, "ended_at": utcnow(),
+                                         "close_reason": "shutdown", "status": CheckpointStatus.ACTIVE})
+        store.apply(cp.checkpoint_id, batch(1, processed=[fp(1)], run=ended), TTL)
+        resumed = run(2, resumed=True, resumed_from_seq=1, pending_at_resume=9, resume_seconds=0.25)
+        store.apply(cp.checkpoint_id, batch(2, run=resumed), TTL)
+        store.apply(cp.checkpoint_id, batch(3, processed=[fp(2)]), TTL)
+        assert store.get(cp.checkpoint_id).runs == [ended, resumed]
+        for seq in range(4, RUN_HISTORY + 6):
+            store.apply(cp.checkpoint_id, batch(seq, run=run(seq - 1)), TTL)
+        runs = store.get(cp.checkpoint_id).runs
+        assert [r.number for r in runs] == list(range(5, RUN_HISTORY + 5))
 
     def test_pending_pages_in_discovery_order(self, store):
         cp = new_checkpoint()
@@ -782,9 +802,10 @@ class TestMongoDBStore(StoreContract):
         from scrapy_checkpoint.stores.mongodb import SCHEMAS
 
         cp = new_checkpoint()
+        cp.runs = [run(1)]
         store.create(cp)
         checkpoint_doc = store.db["checkpoints"].find_one()
-        b = batch(1, discovered=[discovered(1, start=True), discovered(2)], processed=[fp(3)],
+        b = batch(1, discovered=[discovered(1, start=True), discovered(2)], processed=[fp(3)], run=run(2),
                   items=[("Product", {"sku": "A1"})], item_counts={"Product": 1},
                   pagination={"http://shop.test/c/a?x=1": 2}, current_page=2, pipeline_step=1,
                   state={"k": [1]}, status=CheckpointStatus.FAILED)

@@ -1,4 +1,4 @@
-"""``scrapy checkpoint``: list, show, delete, prune and export the checkpoints of a store."""
+"""``scrapy checkpoint``: list, show, delete, prune, export and count the checkpoints of a store."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from scrapy.utils.misc import load_object
 from w3lib.url import file_uri_to_path
 
 from .._redact import scrub, secrets_of
+from ..analytics import CheckpointStats, group_stats
 from ..exceptions import CheckpointError, CorruptCheckpointError
 from ..models import Checkpoint, CheckpointStatus, utcnow
 from ..settings import CheckpointSettings
@@ -31,16 +32,16 @@ if TYPE_CHECKING:
 
     from ..stores import CheckpointStore
 
-SUBCOMMANDS = ("list", "show", "delete", "prune", "export")
+SUBCOMMANDS = ("list", "show", "delete", "prune", "export", "stats")
 #: Each option's flag, and the subcommands that take it.
 OPTIONS: dict[str, tuple[str, frozenset[str]]] = {
-    "spider": ("--spider", frozenset({"list", "prune"})),
-    "site": ("--site", frozenset({"list", "prune"})),
-    "job": ("--job", frozenset({"list", "prune"})),
+    "spider": ("--spider", frozenset({"list", "prune", "stats"})),
+    "site": ("--site", frozenset({"list", "prune", "stats"})),
+    "job": ("--job", frozenset({"list", "prune", "stats"})),
     "status": ("--status", frozenset({"list", "prune"})),
     "older_than": ("--older-than", frozenset({"prune"})),
     "dry_run": ("--dry-run", frozenset({"prune"})),
-    "json": ("--json", frozenset({"list", "show", "delete", "prune"})),
+    "json": ("--json", frozenset({"list", "show", "delete", "prune", "stats"})),
     "output": ("-o", frozenset({"export"})),
     "overwrite_output": ("-O", frozenset({"export"})),
 }
@@ -97,8 +98,13 @@ def _pending(checkpoint: Checkpoint) -> int:
 
 
 def document(checkpoint: Checkpoint) -> dict[str, Any]:
-    """A checkpoint for --json: every field of the record, plus ``urls_pending``."""
-    return {**checkpoint.model_dump(mode="json"), "urls_pending": _pending(checkpoint)}
+    """A checkpoint for --json: every field of the record, plus ``urls_pending`` and each
+    run's ``outcome``."""
+    doc = {**checkpoint.model_dump(mode="json"), "urls_pending": _pending(checkpoint)}
+    last = len(checkpoint.runs) - 1
+    for i, run in enumerate(doc["runs"]):
+        run["outcome"] = checkpoint.runs[i].outcome(last=i == last)
+    return doc
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
@@ -131,13 +137,18 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def _short_size(size: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
 def _size(size: int | None) -> str:
     if size is None:
         return "unknown"
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit} ({size} bytes)"
-    return f"{size} bytes"
+    short = _short_size(size)
+    return short if short.endswith("bytes") else f"{short} ({size} bytes)"
 
 
 def show_lines(checkpoint: Checkpoint, store: str, size: int | None) -> list[str]:
@@ -184,7 +195,50 @@ def show_lines(checkpoint: Checkpoint, store: str, size: int | None) -> list[str
               o.get("batch_id", "?")) for o in data.outputs],
             right=[1, 2, 3],
         ).splitlines()
+    lines.append(f"{'Runs':<{width}}" + (_count(len(checkpoint.runs), "run") if checkpoint.runs else "none"))
+    if checkpoint.runs:
+        lines += run_table(checkpoint).splitlines()
     return lines
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def run_table(checkpoint: Checkpoint) -> str:
+    """Its runs, oldest first: how each began (resumed from which batch, with how much
+    pending, how fast) and ended, and what it did."""
+    last = len(checkpoint.runs) - 1
+    rows = [
+        (f"  {run.number}", _when(run.started_at), _when(run.ended_at if run.ended_at else run.updated_at),
+         run.outcome(last=i == last), run.pages, run.items,
+         "-" if run.resumed_from_seq is None else run.resumed_from_seq,
+         "-" if run.pending_at_resume is None else run.pending_at_resume,
+         _seconds(run.resume_seconds), f"{run.host}:{run.pid}")
+        for i, run in enumerate(checkpoint.runs)
+    ]
+    text = table(("  RUN", "STARTED (UTC)", "ENDED/LAST SEEN", "OUTCOME", "PAGES", "ITEMS", "FROM BATCH",
+                  "PENDING", "RESUME S", "HOST:PID"), rows, right=[4, 5, 6, 7, 8])
+    refusals = [f"  run {run.number} refused: {run.refused}" for run in checkpoint.runs if run.refused]
+    return "\n".join([text, *refusals])
+
+
+STATS_HEADERS = ("SITE", "JOB", "CHECKPOINTS", "ACTIVE", "COMPLETED", "FAILED", "RUNS", "KILLED",
+                 "RECOVERIES", "REFUSED", "SUCCESS", "RESUME S", "DOWN S", "STORAGE")
+
+
+def stats_table(groups: dict[tuple[str, str], CheckpointStats], total: CheckpointStats) -> str:
+    def row(site: str, job: str, s: CheckpointStats) -> tuple[Any, ...]:
+        rate, doc = s.success_rate, s.document()
+        storage = _short_size(s.storage_bytes) + (" + unknown" if s.storage_unknown else "")
+        return (site, job, s.checkpoints, s.active, s.completed, s.failed, s.runs, s.killed, s.recoveries,
+                s.refused, "-" if rate is None else f"{rate:.0%}", _seconds(doc["resume_seconds_median"]),
+                _seconds(doc["downtime_seconds_median"]), storage)
+
+    rows = [row(site, job, s) for (site, job), s in groups.items()]
+    if len(groups) > 1:
+        rows.append(row("(all)", "", total))
+    return table(STATS_HEADERS, rows, right=range(2, 14))
 
 
 class Command(ScrapyCommand):
@@ -195,31 +249,35 @@ class Command(ScrapyCommand):
     default_settings: ClassVar[dict[str, Any]] = {"LOG_ENABLED": False}
 
     def syntax(self) -> str:
-        return "list|show|delete|prune|export [ID ...] [options]"
+        return "list|show|delete|prune|export|stats [ID ...] [options]"
 
     def short_desc(self) -> str:
-        return "List, show, delete, prune or export checkpoints"
+        return "List, show, delete, prune, export or count checkpoints"
 
     def long_desc(self) -> str:
         return (
             "Work on the checkpoints of the store the project's settings select (-s overrides "
             "them; CHECKPOINT_ENABLED need not be on). "
             "list [--spider S] [--site D] [--job J] [--status S ...]: newest first. "
-            "show ID: one checkpoint, every field. "
+            "show ID: one checkpoint, every field, and its runs. "
             "delete ID [ID ...]: a checkpoint and everything stored with it. "
             "prune [--older-than DURATION] [--status S ...] [--spider S] [--site D] [--job J] [--dry-run]: "
             "delete the checkpoints selected. "
             "export ID -o FILE: its stored items (CHECKPOINT_STORE_ITEMS), in the format of "
             "FILE's extension, as scrapy crawl -o writes them. "
+            "stats [--spider S] [--site D] [--job J]: per site and job type, checkpoints by status, "
+            "runs, killed runs, recoveries and their success rate, median resume time and "
+            "downtime, storage used. "
             "Exit status: 0 done, 1 an unknown id or a store that failed, 2 a bad command line."
         )
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
         group = parser.add_argument_group("Checkpoint Options")
-        group.add_argument("--spider", metavar="NAME", help="list, prune: only checkpoints of this spider")
-        group.add_argument("--site", metavar="DOMAIN", help="list, prune: only checkpoints of this site domain")
-        group.add_argument("--job", metavar="TYPE", help="list, prune: only checkpoints of this job type")
+        group.add_argument("--spider", metavar="NAME", help="list, prune, stats: only checkpoints of this spider")
+        group.add_argument("--site", metavar="DOMAIN",
+                           help="list, prune, stats: only checkpoints of this site domain")
+        group.add_argument("--job", metavar="TYPE", help="list, prune, stats: only checkpoints of this job type")
         group.add_argument(
             "--status", action="extend", nargs="+", metavar="STATUS",
             help="list, prune: only checkpoints of these statuses (active, completed, failed)",
@@ -230,7 +288,7 @@ class Command(ScrapyCommand):
         )
         group.add_argument("--dry-run", action="store_true", help="prune: print what would go, delete nothing")
         group.add_argument("--json", action="store_true",
-                           help="list, show, delete, prune: print one JSON document, no table")
+                           help="list, show, delete, prune, stats: print one JSON document, no table")
         group.add_argument(
             "-o", "--output", metavar="FILE", action="append",
             help="export: append the items to FILE (format from its extension, or FILE:FORMAT; - for stdout)",
@@ -269,7 +327,7 @@ class Command(ScrapyCommand):
             if getattr(opts, dest) not in (None, False, []) and subcommand not in subcommands:
                 raise _Failure(f"{flag} is an option of {' and '.join(sorted(subcommands))}, "
                                f"not of {subcommand}.", USAGE_ERROR)
-        wanted = {"list": (0, 0), "prune": (0, 0), "show": (1, 1), "export": (1, 1), "delete": (1, None)}
+        wanted = {"list": (0, 0), "prune": (0, 0), "stats": (0, 0), "show": (1, 1), "export": (1, 1), "delete": (1, None)}
         least, most = wanted[subcommand]
         if len(ids) < least or (most is not None and len(ids) > most):
             what = {0: "no checkpoint id", 1: "one checkpoint id"}[most] if most is not None else "checkpoint ids"
@@ -389,6 +447,25 @@ class Command(ScrapyCommand):
             _print_json({**document(checkpoint), "stored_bytes": size, "store": self._where})
         else:
             print("\n".join(show_lines(checkpoint, self._where, size)))
+
+    def _stats(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
+        sized = []
+        for checkpoint in self._select(store, opts):
+            assert store is not None
+            with self._store_errors():
+                sized.append((checkpoint, store.stored_bytes(checkpoint.checkpoint_id)))
+        groups, total = group_stats(sized)
+        if opts.json:
+            _print_json({
+                "store": self._where,
+                "groups": [{"site_domain": site, "job_type": job, **s.document()}
+                           for (site, job), s in groups.items()],
+                "total": total.document(),
+            })
+        elif groups:
+            print(stats_table(groups, total))
+        else:
+            print(f"No checkpoints in {self._where}{_selection(opts)}.", file=sys.stderr)
 
     def _delete(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
         deleted, missing = [], []

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from .._redact import redact_uri
 from ..exceptions import CorruptCheckpointError, StoreUnavailable
-from ..models import RESUMABLE, Batch, Checkpoint, QuerySession, UserQuery, expiry, utcnow
+from ..models import RESUMABLE, RUN_HISTORY, Batch, Checkpoint, QuerySession, UserQuery, expiry, utcnow
 from .base import CheckpointStore, StatusFilter, statuses
 
 try:
@@ -112,7 +112,8 @@ _CHECKPOINT = _object(
         "updated_at": _DATE,
         "expires_at": {"bsonType": ["date", "null"]},
     },
-    _ID,
+    # Runs by number: a batch sets its run's entry, never the whole history.
+    {**_ID, "runs": {"bsonType": "object", "additionalProperties": _DICT}},
     additionalProperties=False,
 )
 _URL = _object(
@@ -156,6 +157,7 @@ _JOURNAL = _object(
         "pipeline_step": _int(0, 4),
         "state": {"bsonType": ["object", "null"]},
         "outputs": {"bsonType": ["array", "null"]},
+        "run": {"bsonType": ["object", "null"]},
         "status": {"enum": ["active", "completed", "failed", None]},
         "updated_at": _DATE,
         "expires_at": {"bsonType": ["date", "null"]},
@@ -262,6 +264,16 @@ def _utc(value: Any) -> Any:
     return value
 
 
+def _runs(runs: Any) -> Any:
+    """The stored runs, a document by run number, as the record's list, oldest first."""
+    if not isinstance(runs, dict):
+        return runs  # left for validation to report
+    return [
+        {k: _utc(v) if k.endswith("_at") else v for k, v in run.items()} if isinstance(run, dict) else run
+        for _, run in sorted(runs.items(), key=lambda entry: (len(entry[0]), entry[0]))
+    ]
+
+
 def _url_id(checkpoint_id: str, fingerprint: bytes) -> str:
     # A deterministic _id makes every URL upsert a primary-key lookup that cannot race into
     # a duplicate insert.
@@ -344,7 +356,13 @@ def _record_update(header: dict[str, Any]) -> dict[str, Any]:
                        ("outputs", "pipeline_data.outputs"), ("status", "status")):
         if header.get(name) is not None:
             fields[path] = header[name]
-    return {"$inc": inc, "$max": {"pipeline_step": header["pipeline_step"]}, "$set": fields}
+    update = {"$inc": inc, "$max": {"pipeline_step": header["pipeline_step"]}, "$set": fields}
+    run = header.get("run")
+    if run is not None:
+        fields[f"runs.{run['number']}"] = run
+        if run["number"] > RUN_HISTORY:
+            update["$unset"] = {f"runs.{run['number'] - RUN_HISTORY}": ""}
+    return update
 
 
 def connect(uri: str, timeout: float) -> MongoClient:
@@ -481,6 +499,7 @@ class MongoDBCheckpointStore(CheckpointStore):
         data["pagination_state"] = _encode_keys(data["pagination_state"])
         results = data["extraction_results"]
         results["by_type"] = _encode_keys(results["by_type"])
+        doc["runs"] = {str(run["number"]): run for run in doc["runs"]}
         return doc
 
     def _from_document(self, doc: dict[str, Any]) -> Checkpoint:
@@ -489,6 +508,8 @@ class MongoDBCheckpointStore(CheckpointStore):
         for name in ("created_at", "updated_at", "expires_at"):
             if name in doc:
                 doc[name] = _utc(doc[name])
+        if "runs" in doc:
+            doc["runs"] = _runs(doc["runs"])
         data = doc.get("pipeline_data")
         if isinstance(data, dict):
             data["pagination_state"] = _decode_keys(data.get("pagination_state", {}))
@@ -602,6 +623,7 @@ class MongoDBCheckpointStore(CheckpointStore):
             "pipeline_step": batch.pipeline_step,
             "state": batch.state,
             "outputs": batch.outputs,
+            "run": None if batch.run is None else batch.run.model_dump(),
             "status": batch.status,
             "updated_at": now,
             "expires_at": expiry(now, ttl),

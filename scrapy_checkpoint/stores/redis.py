@@ -19,7 +19,7 @@ except ImportError as exc:
 
 from .._redact import redact_uri
 from ..exceptions import CheckpointError, CorruptCheckpointError, StoreUnavailable
-from ..models import Batch, Checkpoint, expiry, utcnow
+from ..models import RUN_HISTORY, Batch, Checkpoint, expiry, utcnow
 from .base import CheckpointStore, StatusFilter, statuses
 
 if TYPE_CHECKING:
@@ -159,6 +159,8 @@ for key, page in pairs(h.pagination) do redis.call('HSET', record, 'page:' .. ke
 if h.current_page then redis.call('HSET', record, 'current_page', h.current_page) end
 if h.state then redis.call('HSET', record, 'state', h.state) end
 if h.outputs then redis.call('HSET', record, 'outputs', h.outputs) end
+if h.run then redis.call('HSET', record, 'run:' .. h.run_number, h.run) end
+if h.run_forgotten then redis.call('HDEL', record, 'run:' .. h.run_forgotten) end
 if h.pipeline_step > tonumber(values[5]) then redis.call('HSET', record, 'pipeline_step', h.pipeline_step) end
 status = h.status or status
 redis.call('HSET', record, 'status', status, 'seq', h.seq, 'updated_at', h.updated_at)
@@ -248,6 +250,7 @@ def _record_fields(checkpoint: Checkpoint) -> dict[str, Any]:
         fields["current_page"] = data.current_page
     fields.update((f"type:{name}", count) for name, count in results.by_type.items())
     fields.update((f"page:{key}", page) for key, page in data.pagination_state.items())
+    fields.update((f"run:{run.number}", run.model_dump_json()) for run in checkpoint.runs)
     return fields
 
 
@@ -344,7 +347,9 @@ class RedisCheckpointStore(CheckpointStore):
             fields = {k.decode(): v.decode() for k, v in raw.items()}
             state = json.loads(fields.get("state", "null"))
             outputs = json.loads(fields.get("outputs", "[]"))
-        except ValueError as exc:  # not UTF-8, or not JSON
+            runs = [json.loads(v) for _, v in sorted(
+                (int(k[4:]), v) for k, v in fields.items() if k.startswith("run:"))]
+        except ValueError as exc:  # not UTF-8, not JSON, or a run field not numbered
             raise CorruptCheckpointError(checkpoint_id, self.describe(), str(exc)) from exc
 
         def prefixed(prefix: str) -> dict[str, str]:
@@ -355,6 +360,7 @@ class RedisCheckpointStore(CheckpointStore):
             for name in ("checkpoint_id", "spider", "site_domain", "job_type", "pipeline_step",
                          "status", "seq", "created_at", "updated_at", "expires_at")
         }
+        record["runs"] = runs
         record["pipeline_data"] = {
             "urls_discovered": fields.get("urls_discovered"),
             "urls_processed": fields.get("urls_processed"),
@@ -423,6 +429,10 @@ class RedisCheckpointStore(CheckpointStore):
             "current_page": batch.current_page,
             "state": None if batch.state is None else json.dumps(batch.state, default=str),
             "outputs": None if batch.outputs is None else json.dumps(batch.outputs),
+            "run": None if batch.run is None else batch.run.model_dump_json(),
+            "run_number": None if batch.run is None else batch.run.number,
+            "run_forgotten": None if batch.run is None or batch.run.number <= RUN_HISTORY
+            else batch.run.number - RUN_HISTORY,
             "item_counts": batch.item_counts,
             "pagination": batch.pagination,
             "discovered": len(batch.discovered),
