@@ -7,6 +7,7 @@ stdout is ``DEMO_SHOP_URL=http://127.0.0.1:PORT``; nothing else is printed. Page
 - ``/category/<slug>`` and ``/category/<slug>?page=N``: one listing page, with links to
   its products and a ``rel="next"`` link while there is a next page.
 - ``/product/<id>``: sku, name, price and category of product ``id`` (1..N).
+- ``/login?delay=SECONDS``: a login that takes its time, then sets a ``session`` cookie.
 
 The same arguments always give the same catalog, byte for byte, so a crawl can be
 checked against it. ``--log`` appends the path of every served request, one per line.
@@ -163,6 +164,8 @@ class ShopHandler(BaseHTTPRequestHandler):
             status = HTTPStatus.NOT_FOUND
             body = _page("Not found", "<h1>Not found</h1>")
         self.send_response(status)
+        if urlsplit(self.path).path == "/login":
+            self.send_header("Set-Cookie", "session=demo; Path=/")
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -174,6 +177,10 @@ class ShopHandler(BaseHTTPRequestHandler):
         segments = [s for s in parts.path.split("/") if s]
         if not segments:
             return render_home(catalog)
+        if segments == ["login"]:
+            # A slow login, as a real one can be: ?delay=SECONDS before the session cookie.
+            time.sleep(float(parse_qs(parts.query).get("delay", ["0"])[-1]))
+            return _page("Logged in", "<h1>Logged in</h1>")
         if len(segments) == 2 and segments[0] == "category":
             raw_page = parse_qs(parts.query).get("page", ["1"])[-1]
             if not raw_page.isdigit():

@@ -72,6 +72,10 @@ class SpiderCheckpoint:
     state: dict[str, Any] = field(default_factory=dict)
     #: The last page processed of each paginated listing (URL without its page parameter).
     pagination: dict[str, int] = field(default_factory=dict)
+    #: True holds a resume's restored requests back, e.g. until a login's response is in:
+    #: set it in ``start()`` before yielding the login, and back to False in its callback.
+    #: A crawl with nothing else to do releases them (and logs a warning).
+    hold_restored: bool = False
 
 
 @dataclass(slots=True)
@@ -381,8 +385,9 @@ class CheckpointExtension:
 
     def skip_start_request(self, request: Request) -> bool:
         """On resume, a start request already recorded is not redone: processed ones are
-        done, pending ones come back from the store."""
-        if self._processed_before is None:
+        done, pending ones come back from the store. One with ``meta["checkpoint_redo"]`` (a
+        login) is sent on every run."""
+        if self._processed_before is None or request.meta.get("checkpoint_redo"):
             return False
         fp = self.fingerprint(request)
         if fp in self._processed_before or fp in self._pending_start:
@@ -418,6 +423,8 @@ class CheckpointExtension:
     def scheduler_empty(self) -> None:
         if self._reseed_done and not self._reseed_chunk:
             return
+        if self.spider_checkpoint is not None and self.spider_checkpoint.hold_restored:
+            return
         if self._reseed_chunk is None:  # still loading: reseed as soon as it is there
             self._reseed_wanted = True
             return
@@ -440,6 +447,15 @@ class CheckpointExtension:
 
     def spider_idle(self) -> None:
         if not self._reseed_done or self._reseed_chunk:
+            held = self.spider_checkpoint
+            if held is not None and held.hold_restored:
+                # Nothing else will release them: waiting would never end.
+                logger.warning(
+                    "Checkpoint %(id)s: the crawl has nothing left to do while the spider holds its "
+                    "restored requests back (self.checkpoint.hold_restored); releasing them",
+                    {"id": held.checkpoint_id},
+                )
+                held.hold_restored = False
             self.scheduler_empty()
             raise DontCloseSpider
 
@@ -447,11 +463,12 @@ class CheckpointExtension:
 
     def request_scheduled(self, request: Request, spider: Spider) -> None:
         fp = self.fingerprint(request)
-        if self._processed_before is not None and fp in self._processed_before and not request.dont_filter:
+        if (self._processed_before is not None and fp in self._processed_before and not request.dont_filter
+                and not request.meta.get("checkpoint_redo")):
             self.stats.inc_value("checkpoint/skipped/processed")
             raise IgnoreRequest
-        if self._reseeding:
-            return
+        if self._reseeding or request.meta.get("checkpoint_redo"):
+            return  # restored, or sent by every run: never pending in the store
         try:
             data = self.serializer.dumps(request)
         except Exception as exc:

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 from scrapy import Request, Spider
-from scrapy.exceptions import IgnoreRequest
+from scrapy.exceptions import DontCloseSpider, IgnoreRequest
 from scrapy.http import HtmlResponse
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
@@ -312,3 +312,17 @@ def test_stored_items_leave_out_excluded_fields(tmp_path):
     assert ext._batch.items == [("dict", {"sku": "1"})]
     assert item == {"sku": "1", "email": "a@example.com", "phone": "555"}  # the feeds get it whole
     assert ext._batch.item_counts == {"dict": 1}
+
+
+def test_held_restored_requests_wait_then_go_when_idle(ext, caplog):
+    """Held (a login on its way), restored requests stay out of the scheduler; a crawl with
+    nothing else to do releases them rather than wait for ever."""
+    ext.spider_checkpoint = SpiderCheckpoint("cp-1", resumed=True, hold_restored=True)
+    ext._reseed_done, ext._reseed_chunk = True, [b"not a request"]
+    ext.scheduler_empty()
+    assert ext._reseed_chunk == [b"not a request"]
+    with pytest.raises(DontCloseSpider):
+        ext.spider_idle()
+    assert ext._reseed_chunk is None and not ext.spider_checkpoint.hold_restored
+    assert any("holds its restored requests back" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING)
