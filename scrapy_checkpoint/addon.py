@@ -10,6 +10,7 @@ from scrapy.utils.misc import load_object
 from .extension import CheckpointExtension
 from .middlewares import CheckpointDownloaderMiddleware, CheckpointSpiderMiddleware
 from .outputs import CheckpointFeedExporter
+from .settings import shares_a_scheduler
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -38,3 +39,15 @@ class Addon:
             extensions[FeedExporter] = None
             extensions[CheckpointFeedExporter] = 0
             settings.set("EXTENSIONS", extensions, settings.getpriority("EXTENSIONS") or 0)
+        if shares_a_scheduler(settings):
+            # Workers of scrapy-redis lease what they pop, so that a dead one loses nothing.
+            from .distributed import LEASED_QUEUES
+
+            queue = settings.get("SCHEDULER_QUEUE_CLASS") or "scrapy_redis.queue.PriorityQueue"
+            if not isinstance(queue, str):
+                queue = f"{queue.__module__}.{queue.__qualname__}"
+            leased = LEASED_QUEUES.get(queue)
+            if leased is not None:
+                # At the priority the queue was chosen with: a project's choice is the usual case.
+                settings.set("SCHEDULER_QUEUE_CLASS", f"{leased.__module__}.{leased.__qualname__}",
+                             settings.getpriority("SCHEDULER_QUEUE_CLASS") or "addon")

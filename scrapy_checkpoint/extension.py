@@ -28,7 +28,7 @@ from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
 from .outputs.feeds import CheckpointFeedExporter
 from .outputs.keys import forget, remember
 from .runs import CheckpointRunRecorder
-from .settings import CheckpointSettings, checkpoints_on, is_enabled
+from .settings import CheckpointSettings, checkpoints_on, is_enabled, shares_a_scheduler
 from .stores import store_class
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ CLOSE_RETRIES = 2
 
 #: The close reason of a crawl that refuses to run as asked (no store, a bad checkpoint).
 CHECKPOINT_ERROR = "checkpoint_error"
+
+#: The request meta key of a scrapy-redis lease (distributed.LEASE_META, which needs scrapy-redis).
+LEASE_META = "checkpoint_lease"
 
 #: Close reasons after which a checkpoint stays ``active``: the crawl was stopped, not broken.
 STOPPED_REASONS = frozenset({
@@ -150,6 +153,10 @@ class CheckpointExtension:
         self._flushing: Any = None
         self._loop: Any = None
         self._progress_loop: Any = None
+        #: The scrapy-redis queue that leases what it pops (distributed.LeaseMixin), if any.
+        self._leases: Any = None
+        self._heartbeat: Any = None
+        self._renewing: Any = None
         self._work: dict[Any, _Work] = {}
         self._last_discovered: Request | None = None
         self._warned: set[str] = set()
@@ -184,6 +191,13 @@ class CheckpointExtension:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> CheckpointExtension:
         return cls(crawler)
+
+    def use_leases(self, queue: Any) -> None:
+        """Called by a leasing scrapy-redis queue: its leases are released by the batch that
+        marks their requests processed, and renewed while this worker lives."""
+        queue.lease_ms = round(self.settings.lease_timeout * 1000)
+        queue.stats = self.stats
+        self._leases = queue
 
     def _refuse_to_start(self) -> None:
         raise CloseSpider(CHECKPOINT_ERROR)
@@ -269,6 +283,41 @@ class CheckpointExtension:
         if self.settings.log_interval:
             self._progress_loop = create_looping_call(self._log_progress)
             self._progress_loop.start(self.settings.log_interval, now=False)
+        if self._leases is not None:
+            self._heartbeat = create_looping_call(self._renew_soon)
+            self._heartbeat.start(self.settings.lease_timeout / 3, now=False)
+        elif shares_a_scheduler(self.crawler.settings):
+            logger.warning(
+                "SCHEDULER_QUEUE_CLASS %(queue)s is not a queue scrapy-checkpoint can lease: a worker "
+                "that dies loses the requests it had popped. Use one of scrapy_redis.queue's "
+                "PriorityQueue, FifoQueue or LifoQueue, with the add-on.",
+                {"queue": self.crawler.settings.get("SCHEDULER_QUEUE_CLASS")},
+            )
+
+    def _renew_soon(self) -> None:
+        if self._renewing is None:
+            self._renewing = deferred_from_coro(self._renew())
+
+    async def _renew(self) -> None:
+        """The heartbeat: push back the deadline of every lease this worker holds."""
+        try:
+            lost = await run_in_thread(self._leases.renew)
+        except Exception as exc:  # the next heartbeat tries again, before the leases expire
+            self._warn_once("lease_error", exc, "Leases of the scrapy-redis queue were not renewed")
+            lost = []
+        finally:
+            self._renewing = None
+        self._leases_lost(lost)
+
+    def _leases_lost(self, lost: list[str]) -> None:
+        if lost:
+            self.stats.inc_value("checkpoint/leases/lost", len(lost))
+            logger.warning(
+                "%(n)d leases of this worker expired before it renewed or released them (it was "
+                "stopped or cut off longer than CHECKPOINT_LEASE_TIMEOUT, %(timeout)g s): other "
+                "workers do those requests again",
+                {"n": len(lost), "timeout": self.settings.lease_timeout},
+            )
 
     async def _record_refusal(self, checkpoint: Checkpoint, exc: Exception) -> None:
         """Record in the checkpoint's runs that a resume of it was refused, and why: the
@@ -446,6 +495,12 @@ class CheckpointExtension:
             self._load_reseed_chunk()
 
     def spider_idle(self) -> None:
+        if self._leases is not None:
+            # Released leases need their batch saved first; and while another worker holds
+            # a lease, its request may yet come back to the queue.
+            self._flush_soon()
+            if self._leases.outstanding():
+                raise DontCloseSpider
         if not self._reseed_done or self._reseed_chunk:
             held = self.spider_checkpoint
             if held is not None and held.hold_restored:
@@ -462,6 +517,10 @@ class CheckpointExtension:
     # Recording
 
     def request_scheduled(self, request: Request, spider: Spider) -> None:
+        if self._leases is not None and LEASE_META in request.meta:
+            # A retry or a redirect of a leased request: once this one is in the queue, the
+            # lease of the one it replaces is released.
+            self._batch.leases.append(request.meta.pop(LEASE_META))
         fp = self.fingerprint(request)
         if (self._processed_before is not None and fp in self._processed_before and not request.dont_filter
                 and not request.meta.get("checkpoint_redo")):
@@ -572,6 +631,8 @@ class CheckpointExtension:
         """Record *request* as done: everything it produced is recorded already."""
         batch = self._batch
         batch.processed.append(self.fingerprint(request))
+        if self._leases is not None and LEASE_META in request.meta:
+            batch.leases.append(request.meta[LEASE_META])
         step = request.meta.get("checkpoint_step") or self._steps.get(
             getattr(request.callback, "__name__", None) or "parse", 0
         )
@@ -689,7 +750,7 @@ class CheckpointExtension:
                 while self._unflushed:
                     batch = self._unflushed[0]
                     try:
-                        seconds, storage_ratio = await run_in_thread(
+                        seconds, storage_ratio, lost = await run_in_thread(
                             self._apply, cid, batch, ttl or self.settings.ttl
                         )
                     except KeyError:
@@ -699,6 +760,7 @@ class CheckpointExtension:
                         self._store_error("flush", exc)
                         return False
                     self._unflushed.popleft()
+                    self._leases_lost(lost)
                     self.metrics.flushed(seconds, storage_ratio)
                     self.runs.flushed(seconds)
                     self.stats.inc_value("checkpoint/flushes")
@@ -710,14 +772,19 @@ class CheckpointExtension:
             self._flushing = None
             self.metrics.buffered(sum(len(b) for b in self._unflushed))
 
-    def _apply(self, cid: str, batch: Batch, ttl: float) -> tuple[float, float | None]:
-        """Apply *batch*; return how long the store took, and its storage used ratio (measured
-        here, in the flush thread: a disk or INFO query never blocks the reactor)."""
+    def _apply(self, cid: str, batch: Batch, ttl: float) -> tuple[float, float | None, list[str]]:
+        """Apply *batch*, then release its leases; return how long the store took, its storage
+        used ratio (measured here, in the flush thread: a disk or INFO query never blocks the
+        reactor), and the leases lost before their release."""
         # The feeds reach the disk before the lengths that describe them reach the store.
         CheckpointFeedExporter.sync(batch.outputs)
         started = time.perf_counter()
         self.store.apply(cid, batch, ttl)
-        return time.perf_counter() - started, self.metrics.measure_storage(self.store)
+        seconds = time.perf_counter() - started
+        # After the apply: a worker killed between the two leaves leases that expire, and
+        # their requests are done again (their processed marks are saved already).
+        lost = self._leases.ack(batch.leases) if batch.leases else []
+        return seconds, self.metrics.measure_storage(self.store), lost
 
     def _lost_by_store(self) -> None:
         """The store no longer has the record (a Redis restarted without persistence):
@@ -739,7 +806,7 @@ class CheckpointExtension:
                     {"id": checkpoint.checkpoint_id, "store": self.store.describe()})
 
     async def spider_closed(self, spider: Spider, reason: str) -> None:
-        for loop in (self._loop, self._progress_loop):
+        for loop in (self._loop, self._progress_loop, self._heartbeat):
             if loop is not None and loop.running:
                 loop.stop()
         if reason == CHECKPOINT_ERROR:

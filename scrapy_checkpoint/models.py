@@ -174,6 +174,9 @@ class Batch:
     outputs: list[dict[str, Any]] | None = None
     #: The run that wrote this batch, as it stands after it.
     run: CheckpointRun | None = None
+    #: Leases of a shared scrapy-redis queue released once the batch is applied (stores
+    #: ignore them): the requests they hold are processed, or back in the queue.
+    leases: list[str] = field(default_factory=list)
     status: CheckpointStatus | None = None
 
     def __len__(self) -> int:

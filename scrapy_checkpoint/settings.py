@@ -42,6 +42,9 @@ DEFAULTS: dict[str, Any] = {
     "CHECKPOINT_ARCHIVE_TTL": 30 * 24 * 3600.0,
     # Seconds between two progress lines in the log (like LOGSTATS_INTERVAL); 0: none.
     "CHECKPOINT_LOG_INTERVAL": 60.0,
+    # scrapy-redis workers: seconds a popped request stays leased to a worker that stopped
+    # renewing it (it died) before it goes back to the shared queue.
+    "CHECKPOINT_LEASE_TIMEOUT": 60.0,
     "CHECKPOINT_BUFFER_LIMIT": 100_000,
     # {site domain: {"flush_interval": seconds, "batch_size": events}}: a site's own limits.
     "CHECKPOINT_SITE_LIMITS": {},
@@ -58,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "CHECKPOINT_STORAGE_LIMIT": None,
 }
 
+#: The scheduler of scrapy-redis, whose queue workers on several machines share.
+REDIS_SCHEDULER = "scrapy_redis.scheduler.Scheduler"
+
 #: The environment variable that turns checkpoints on, like CHECKPOINT_ENABLED.
 ENV_SWITCH = "ENABLE_CHECKPOINTS"
 _TRUE = {"1", "true", "yes", "on"}
@@ -73,6 +79,14 @@ def is_enabled(settings: BaseSettings) -> bool:
 def checkpoints_on(crawler: Crawler) -> bool:
     """Whether the crawl runs with checkpoints: the switch is on and the spider opted in."""
     return is_enabled(crawler.settings) and bool(getattr(crawler.spidercls, "checkpoint_enabled", False))
+
+
+def shares_a_scheduler(settings: BaseSettings) -> bool:
+    """Whether SCHEDULER is scrapy-redis's: a queue shared by workers, maybe on several machines."""
+    scheduler = settings.get("SCHEDULER")
+    if not isinstance(scheduler, str):
+        scheduler = f"{getattr(scheduler, '__module__', '')}.{getattr(scheduler, '__qualname__', '')}"
+    return scheduler == REDIS_SCHEDULER
 
 
 def _get(settings: BaseSettings, name: str) -> Any:
@@ -236,6 +250,8 @@ class CheckpointSettings:
     buffer_limit: int
     #: Seconds between two progress lines; 0: none.
     log_interval: float
+    #: Seconds a scrapy-redis lease outlives its worker's last heartbeat.
+    lease_timeout: float
     #: Flush interval and batch size of particular sites, over the two above.
     site_limits: dict[str, dict[str, Any]]
     #: The port of /metrics; None: no metrics served.
@@ -264,8 +280,25 @@ class CheckpointSettings:
         prefix = _optional_str(settings, "CHECKPOINT_REDIS_PREFIX") or DEFAULTS["CHECKPOINT_REDIS_PREFIX"]
         database = _optional_str(settings, "CHECKPOINT_MONGO_DATABASE") or DEFAULTS["CHECKPOINT_MONGO_DATABASE"]
         prometheus_port, prometheus_address, prometheus_pushgateway = _prometheus(settings)
+        redis_url = _optional_str(settings, "CHECKPOINT_REDIS_URL")
+        resume = _bool(settings, "CHECKPOINT_RESUME") or checkpoint_id is not None
+        if resume and shares_a_scheduler(settings):
+            # Several workers resuming one checkpoint would overwrite each other's batches.
+            raise ValueError(
+                f"CHECKPOINT_RESUME (True) cannot be used when SCHEDULER is {REDIS_SCHEDULER}: the "
+                "crawl's queue, its dupefilter and the leases of dead workers are in Redis already "
+                "(SCHEDULER_PERSIST = True). Start the workers again without CHECKPOINT_RESUME or "
+                "CHECKPOINT_ID: each begins a checkpoint of its own, and the crawl goes on."
+            )
+        if redis_url is None and shares_a_scheduler(settings):
+            raise ValueError(
+                f"CHECKPOINT_REDIS_URL (None) must be set when SCHEDULER is {REDIS_SCHEDULER}: its "
+                "workers share one queue, and their checkpoints must be where every worker reaches "
+                "them, not in one machine's SQLite file (or MongoDB alone). Set it to e.g. the "
+                "REDIS_URL of scrapy-redis."
+            )
         return cls(
-            resume=_bool(settings, "CHECKPOINT_RESUME") or checkpoint_id is not None,
+            resume=resume,
             checkpoint_id=checkpoint_id,
             directory=Path(directory) if directory else Path(data_path("checkpoints", createdir=False)),
             flush_interval=_positive(settings, "CHECKPOINT_FLUSH_INTERVAL", float, "number of seconds"),
@@ -282,12 +315,13 @@ class CheckpointSettings:
                                 DEFAULTS["CHECKPOINT_PRIVATE_META"]),
             reseed_chunk=_positive(settings, "CHECKPOINT_RESEED_CHUNK", int, "whole number of requests"),
             store_timeout=_positive(settings, "CHECKPOINT_STORE_TIMEOUT", float, "number of seconds"),
-            redis_url=_optional_str(settings, "CHECKPOINT_REDIS_URL"),
+            redis_url=redis_url,
             redis_prefix=prefix,
             mongo_uri=_optional_str(settings, "CHECKPOINT_MONGO_URI"),
             mongo_database=database,
             archive_ttl=_seconds_or_zero(settings, "CHECKPOINT_ARCHIVE_TTL", "keep forever"),
             log_interval=_seconds_or_zero(settings, "CHECKPOINT_LOG_INTERVAL", "no progress line"),
+            lease_timeout=_positive(settings, "CHECKPOINT_LEASE_TIMEOUT", float, "number of seconds"),
             buffer_limit=_positive(settings, "CHECKPOINT_BUFFER_LIMIT", int, "whole number of events"),
             site_limits=_site_limits(settings),
             prometheus_port=prometheus_port,

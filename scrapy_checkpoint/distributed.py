@@ -1,0 +1,247 @@
+"""scrapy-redis workers that lose nothing when one dies: its queues lease what they hand out.
+
+scrapy-redis removes a request from the shared queue when a worker pops it, so a worker that
+is killed loses every request it had popped and not finished. The queues here pop and lease
+in one Lua script: the request moves from the queue into a lease with a deadline, the worker
+renews its leases while it lives (a heartbeat), and acknowledges each one once the request
+is processed and recorded in its checkpoint. A lease past its deadline (its worker died, or
+is cut off) goes back to the queue, where another worker pops it.
+
+The add-on puts these queues in place of scrapy-redis's own (``SCHEDULER_QUEUE_CLASS``)
+when ``SCHEDULER`` is scrapy-redis's; nothing else changes in how scrapy-redis is set up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+
+try:
+    from scrapy_redis import queue as redis_queues
+except ImportError as exc:
+    raise ImportError("Leased scrapy-redis queues need scrapy-redis: pip install scrapy-redis") from exc
+
+from .extension import LEASE_META, CheckpointExtension
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from scrapy import Request, Spider
+
+logger = logging.getLogger(__name__)
+
+#: Expired leases a pop returns to the queue at most, so that one pop stays short.
+RECLAIM_PER_POP = 100
+
+# Shared: now in ms from the server's clock (every worker compares deadlines on one clock),
+# and the return of expired leases to the queue.
+_LUA_HELPERS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function push_back(kind, queue, data, score)
+  if kind == 'priority' then
+    redis.call('ZADD', queue, score or 0, data)
+  elseif kind == 'fifo' then
+    redis.call('RPUSH', queue, data)  -- the end RPOP takes next
+  else
+    redis.call('LPUSH', queue, data)  -- the end LPOP takes next
+  end
+end
+
+local function reclaim(kind, queue, deadlines, leased, scores, now, limit)
+  local expired = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, limit)
+  for _, token in ipairs(expired) do
+    local data = redis.call('HGET', leased, token)
+    if data then push_back(kind, queue, data, redis.call('HGET', scores, token)) end
+    redis.call('ZREM', deadlines, token)
+    redis.call('HDEL', leased, token)
+    redis.call('HDEL', scores, token)
+  end
+  return #expired
+end
+"""
+
+# KEYS: queue, deadlines (zset token -> deadline ms), leased (hash token -> request),
+# scores (hash token -> priority score), sequence. ARGV: kind, worker id, lease ms, reclaim limit.
+# Returns {reclaimed, token, request} or {reclaimed} when the queue is empty.
+_POP = _LUA_HELPERS + """
+local queue, deadlines, leased, scores, sequence = unpack(KEYS)
+local kind, worker, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+local reclaimed = reclaim(kind, queue, deadlines, leased, scores, now, limit)
+local data, score
+if kind == 'priority' then
+  local first = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  if #first == 0 then return {reclaimed} end
+  data, score = first[1], first[2]
+  redis.call('ZREM', queue, data)
+elseif kind == 'fifo' then
+  data = redis.call('RPOP', queue)
+else
+  data = redis.call('LPOP', queue)
+end
+if not data then return {reclaimed} end
+local token = worker .. '/' .. redis.call('INCR', sequence)
+redis.call('ZADD', deadlines, now + lease, token)
+redis.call('HSET', leased, token, data)
+if score then redis.call('HSET', scores, token, score) end
+return {reclaimed, token, data}
+"""
+
+# KEYS: deadlines, leased, scores. ARGV: tokens. Returns the tokens that were no longer
+# leased (expired and handed to another worker): their work is not this worker's to record.
+_ACK = """
+local lost = {}
+for _, token in ipairs(ARGV) do
+  if redis.call('ZREM', KEYS[1], token) == 1 then
+    redis.call('HDEL', KEYS[2], token)
+    redis.call('HDEL', KEYS[3], token)
+  else
+    table.insert(lost, token)
+  end
+end
+return lost
+"""
+
+# KEYS: deadlines. ARGV: lease ms, then tokens. Pushes back the deadline of each token still
+# leased (XX: one that expired is not leased again); returns those that were not.
+_RENEW = _LUA_HELPERS + """
+local deadline = now_ms() + tonumber(ARGV[1])
+local lost = {}
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+
+
+
+def worker_id() -> str:
+    """This process, among the workers: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class LeaseMixin:
+    """What makes a scrapy-redis queue lease what it pops. Its keys sit beside the queue's
+    own: ``<queue key>:lease:deadlines``, ``:lease:requests``, ``:lease:scores``, ``:lease:seq``.
+    """
+
+    #: How the queue pops: 'priority' (sorted set), 'fifo' (RPOP) or 'lifo' (LPOP).
+    kind: str
+    server: Any
+    key: str
+    spider: Spider
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.worker = worker_id()
+        self.lease_keys = [f"{self.key}:lease:{name}" for name in ("deadlines", "requests", "scores")]
+        self._pop = self.server.register_script(_POP)
+        self._ack = self.server.register_script(_ACK)
+        self._renew = self.server.register_script(_RENEW)
+        self._lock = threading.Lock()
+        #: Tokens this worker holds (popped, not acknowledged).
+        self.held: set[str] = set()
+        self.lease_ms = 60_000
+        self.stats: Any = None
+        extension = self.spider.crawler.get_extension(CheckpointExtension)
+        #: Leases are only taken when a checkpoint acknowledges them: without one (checkpoints
+        #: off, a spider not opted in) the queue is scrapy-redis's own.
+        self.leasing = extension is not None and not extension.misconfigured
+        if self.leasing:
+            extension.use_leases(self)
+
+    def pop(self, timeout: int = 0) -> Request | None:
+        if not self.leasing:
+            return super().pop(timeout)  # type: ignore[misc]
+        # Never blocks: a blocking pop could not lease in the same script.
+        reclaimed, *leased = self._pop(
+            keys=[self.key, *self.lease_keys, f"{self.key}:lease:seq"],
+            args=[self.kind, self.worker, self.lease_ms, RECLAIM_PER_POP],
+        )
+        if reclaimed and self.stats is not None:
+            self.stats.inc_value("checkpoint/leases/reclaimed", reclaimed)
+        if not leased:
+            return None
+        token, data = leased
+        token = token.decode() if isinstance(token, bytes) else token
+        request = self._decode_request(data)  # type: ignore[attr-defined]
+        request.meta[LEASE_META] = token
+        with self._lock:
+            self.held.add(token)
+        if self.stats is not None:
+            self.stats.inc_value("checkpoint/leases/granted")
+        return request
+
+    def ack(self, tokens: Iterable[str]) -> list[str]:
+        """Release these leases, their work done and saved; return those lost meanwhile
+        (expired, and back in the queue). Blocking: call it from a worker thread."""
+        tokens = list(tokens)
+        if not tokens:
+            return []
+        lost = [t.decode() if isinstance(t, bytes) else t for t in self._ack(keys=self.lease_keys, args=tokens)]
+        with self._lock:
+            self.held.difference_update(tokens)
+        return lost
+
+    def renew(self) -> list[str]:
+        """Push back the deadline of every lease this worker holds; return those it lost
+        (they expired first). Blocking: call it from a worker thread."""
+        with self._lock:
+            tokens = list(self.held)
+        if not tokens:
+            return []
+        lost = [t.decode() if isinstance(t, bytes) else t
+                for t in self._renew(keys=self.lease_keys[:1], args=[self.lease_ms, *tokens])]
+        with self._lock:
+            self.held.difference_update(lost)
+        return lost
+
+    def outstanding(self) -> int:
+        """Leases of every worker, expired ones included: the next pop returns those to the
+        queue, so a crawl is not over while there are any."""
+        return int(self.server.zcard(self.lease_keys[0]))
+
+    def clear(self) -> None:
+        super().clear()  # type: ignore[misc]
+        self.server.delete(*self.lease_keys, f"{self.key}:lease:seq")
+
+
+class LeasedPriorityQueue(LeaseMixin, redis_queues.PriorityQueue):
+    """scrapy-redis's PriorityQueue, leasing what it pops."""
+
+    kind = "priority"
+
+
+class LeasedFifoQueue(LeaseMixin, redis_queues.FifoQueue):
+    """scrapy-redis's FifoQueue, leasing what it pops."""
+
+    kind = "fifo"
+
+
+class LeasedLifoQueue(LeaseMixin, redis_queues.LifoQueue):
+    """scrapy-redis's LifoQueue, leasing what it pops."""
+
+    kind = "lifo"
+
+
+#: scrapy-redis's queue classes (and their old names) and their leased variants.
+LEASED_QUEUES = {
+    "scrapy_redis.queue.PriorityQueue": LeasedPriorityQueue,
+    "scrapy_redis.queue.SpiderPriorityQueue": LeasedPriorityQueue,
+    "scrapy_redis.queue.FifoQueue": LeasedFifoQueue,
+    "scrapy_redis.queue.SpiderQueue": LeasedFifoQueue,
+    "scrapy_redis.queue.LifoQueue": LeasedLifoQueue,
+    "scrapy_redis.queue.SpiderStack": LeasedLifoQueue,
+}

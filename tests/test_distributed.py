@@ -1,0 +1,328 @@
+"""scrapy-redis queues that lease what they pop: real scrapy-redis classes on a real redis-server."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import redis
+from scrapy import Request, Spider
+from scrapy.utils.test import get_crawler
+
+from scrapy_checkpoint import Addon
+from scrapy_checkpoint.distributed import LEASE_META, LeasedFifoQueue, LeasedLifoQueue, LeasedPriorityQueue
+
+#: Seconds a test waits for a state (a lease to expire) before it fails.
+PATIENCE = 30.0
+
+
+class ShopSpider(Spider):
+    name = "shop"
+    checkpoint_enabled = True
+
+
+@pytest.fixture
+def server(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def make_queue(server, cls=LeasedPriorityQueue, lease_ms=60_000):
+    """A queue as one worker's scheduler opens it, leasing as if a checkpoint acknowledged
+    its leases."""
+    crawler = get_crawler(ShopSpider)
+    spider = crawler._create_spider()
+    queue = cls(server, spider, "%(spider)s:requests")
+    queue.leasing, queue.lease_ms = True, lease_ms
+    return queue
+
+
+def wait_until_expired(queue):
+    """Until every lease of *queue* is past its deadline, on the Redis server's clock."""
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        seconds, micros = queue.server.time()
+        now_ms = seconds * 1000 + micros // 1000
+        if not queue.server.zcount(queue.lease_keys[0], f"({now_ms}", "+inf"):
+            return
+        assert time.monotonic() < deadline, "the lease did not expire"
+        time.sleep(0.01)
+
+
+def test_pop_leases_and_ack_releases(server):
+    queue = make_queue(server)
+    for n in range(3):
+        queue.push(Request(f"http://shop.test/p/{n}"))
+    request = queue.pop()
+    token = request.meta[LEASE_META]
+    assert token.startswith(queue.worker + "/")
+    assert (len(queue), queue.outstanding(), queue.held) == (2, 1, {token})
+    assert server.hget(f"{queue.key}:lease:requests", token) is not None
+    assert queue.ack([token]) == []
+    assert (len(queue), queue.outstanding(), queue.held) == (2, 0, set())
+    assert server.hlen(f"{queue.key}:lease:requests") == 0
+
+
+def test_expired_lease_goes_to_another_worker_and_fences_the_first(server):
+    dead, alive = make_queue(server, lease_ms=1), make_queue(server)
+    dead.push(Request("http://shop.test/p/1"))
+    first = dead.pop()
+    wait_until_expired(dead)
+    # Expired is not over: until a pop takes it back, no worker may close for want of work.
+    assert alive.outstanding() == 1
+    again = alive.pop()
+    assert again.url == first.url and again.meta[LEASE_META] != first.meta[LEASE_META]
+    assert alive.stats is None and len(alive) == 0
+    # The first worker comes back: its lease is gone, and it is told so.
+    assert dead.ack([first.meta[LEASE_META]]) == [first.meta[LEASE_META]]
+    assert dead.renew() == []  # the lost lease is no longer held
+    assert alive.ack([again.meta[LEASE_META]]) == []
+
+
+def test_renew_pushes_the_deadline_and_reports_lost_leases(server):
+    queue = make_queue(server, lease_ms=60_000)
+    queue.push(Request("http://shop.test/p/1"))
+    queue.push(Request("http://shop.test/p/2"))
+    kept, lost = queue.pop(), queue.pop()
+    deadlines = f"{queue.key}:lease:deadlines"
+    before = server.zscore(deadlines, kept.meta[LEASE_META])
+    server.zrem(deadlines, lost.meta[LEASE_META])  # as another worker's reclaim would
+    time.sleep(0.002)
+    assert queue.renew() == [lost.meta[LEASE_META]]
+    assert server.zscore(deadlines, kept.meta[LEASE_META]) > before
+    assert server.zscore(deadlines, lost.meta[LEASE_META]) is None  # not leased again
+    assert queue.held == {kept.meta[LEASE_META]}
+
+
+def test_reclaimed_request_keeps_its_priority(server):
+    queue = make_queue(server, lease_ms=1)
+    queue.push(Request("http://shop.test/low", priority=1))
+    queue.push(Request("http://shop.test/high", priority=5))
+    assert queue.pop().url == "http://shop.test/high"
+    wait_until_expired(queue)
+    queue.lease_ms = 60_000
+    assert [queue.pop().url, queue.pop().url] == ["http://shop.test/high", "http://shop.test/low"]
+
+
+@pytest.mark.parametrize("cls", [LeasedFifoQueue, LeasedLifoQueue])
+def test_reclaimed_request_is_popped_next(server, cls):
+    queue = make_queue(server, cls, lease_ms=1)
+    for n in range(3):
+        queue.push(Request(f"http://shop.test/p/{n}"))
+    first = queue.pop()
+    wait_until_expired(queue)
+    queue.lease_ms = 60_000
+    assert queue.pop().url == first.url
+    assert len(queue) == 2
+
+
+def test_without_a_checkpoint_the_queue_is_scrapy_redis_own(server):
+    crawler = get_crawler(ShopSpider)
+    queue = LeasedPriorityQueue(server, crawler._create_spider(), "%(spider)s:requests")
+    assert not queue.leasing
+    queue.push(Request("http://shop.test/p/1"))
+    request = queue.pop()
+    assert LEASE_META not in request.meta and queue.outstanding() == 0
+
+
+def test_clear_removes_the_leases_too(server):
+    queue = make_queue(server)
+    queue.push(Request("http://shop.test/p/1"))
+    queue.push(Request("http://shop.test/p/2"))
+    queue.pop()
+    queue.clear()
+    assert server.keys(f"{queue.key}*") == []
+
+
+@pytest.mark.parametrize(
+    ("configured", "leased"),
+    [
+        (None, "scrapy_checkpoint.distributed.LeasedPriorityQueue"),
+        ("scrapy_redis.queue.FifoQueue", "scrapy_checkpoint.distributed.LeasedFifoQueue"),
+        ("scrapy_redis.queue.SpiderStack", "scrapy_checkpoint.distributed.LeasedLifoQueue"),
+        ("myproject.queues.Custom", "myproject.queues.Custom"),
+    ],
+)
+def test_addon_leases_scrapy_redis_queues(configured, leased):
+    settings = {"ADDONS": {Addon: 100}, "SCHEDULER": "scrapy_redis.scheduler.Scheduler"}
+    if configured:
+        settings["SCHEDULER_QUEUE_CLASS"] = configured
+    crawler = get_crawler(ShopSpider, settings)
+    crawler._apply_settings()
+    assert crawler.settings["SCHEDULER_QUEUE_CLASS"] == leased
+
+
+def test_shared_scheduler_needs_a_shared_store():
+    from scrapy.settings import Settings
+
+    from scrapy_checkpoint.settings import CheckpointSettings
+
+    settings = Settings({"CHECKPOINT_ENABLED": True, "SCHEDULER": "scrapy_redis.scheduler.Scheduler"})
+    with pytest.raises(ValueError, match=r"CHECKPOINT_REDIS_URL \(None\) must be set when SCHEDULER is "
+                                         r"scrapy_redis\.scheduler\.Scheduler"):
+        CheckpointSettings.from_settings(settings)
+
+
+# End to end: scrapy-redis workers, real `scrapy crawl` processes.
+
+PRODUCTS = 600
+#: Short, so that a dead worker's leases come back soon; several heartbeats long, so that a
+#: live worker on a loaded machine keeps its own.
+LEASE_TIMEOUT = 4.0
+
+
+def worker_command(url, redis_url, items_file):
+    import demo_support
+
+    settings = {
+        "SCHEDULER": "scrapy_redis.scheduler.Scheduler",
+        "DUPEFILTER_CLASS": "scrapy_redis.dupefilter.RFPDupeFilter",
+        "SCHEDULER_PERSIST": True,
+        "REDIS_URL": redis_url,
+        "CHECKPOINT_REDIS_URL": redis_url,
+        "CHECKPOINT_LEASE_TIMEOUT": LEASE_TIMEOUT,
+        "CHECKPOINT_FLUSH_INTERVAL": 0.5,
+        "CHECKPOINT_BATCH_SIZE": 100,
+        "CONCURRENT_REQUESTS": 8,
+    }
+    return demo_support.crawl_command(url, items_file, settings)
+
+
+class Workers:
+    """``scrapy crawl products`` workers on one scrapy-redis queue, each with its own feed
+    ``items-<n>.jsonl`` and log ``worker-<n>.log`` in *directory*."""
+
+    def __init__(self, directory, url, redis_url):
+        self.directory, self.url, self.redis_url = directory, url, redis_url
+        self.processes = []
+
+    def start(self, count):
+        import subprocess
+
+        import demo_support
+
+        for _ in range(count):
+            n = len(self.processes)
+            with open(self.directory / f"worker-{n}.log", "wb") as out:
+                self.processes.append(subprocess.Popen(
+                    worker_command(self.url, self.redis_url, self.directory / f"items-{n}.jsonl"),
+                    cwd=demo_support.PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                ))
+
+    def items(self, n):
+        import demo_support
+
+        return demo_support.count_lines(self.directory / f"items-{n}.jsonl")
+
+    def wait_for_items(self, ns, count):
+        """Until the feeds of workers *ns* hold *count* items together."""
+        deadline = time.monotonic() + 120
+        while sum(self.items(n) for n in ns) < count:
+            assert all(self.processes[n].poll() is None for n in ns), "a worker ended too soon"
+            assert time.monotonic() < deadline, "the workers scraped too little"
+            time.sleep(0.02)
+
+    def kill(self, ns):
+        for n in ns:
+            self.processes[n].kill()
+            self.processes[n].wait()
+
+    def finish(self, ns):
+        for n in ns:
+            assert self.processes[n].wait(timeout=180) == 0, self.log(n)[-3000:]
+
+    def log(self, n):
+        return (self.directory / f"worker-{n}.log").read_text()
+
+    def stop(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    def saved_feed(self, n):
+        """What a killed worker's feed holds up to the length its checkpoint saved: a tail
+        after it belongs to pages it did not save, which other workers did again."""
+        from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+
+        checkpoint_id = re.search(r"Checkpoint (\S+) started in", self.log(n)).group(1)
+        store = RedisCheckpointStore(self.redis_url)
+        store.open()
+        try:
+            (feed,) = store.get(checkpoint_id).pipeline_data.outputs
+        finally:
+            store.close()
+        return (self.directory / f"items-{n}.jsonl").read_bytes()[: feed["length"]]
+
+    def summary(self, killed, shop_log, products):
+        import demo_support
+
+        merged = self.directory / "all.jsonl"
+        merged.write_bytes(b"".join(
+            self.saved_feed(n) if n in killed else (self.directory / f"items-{n}.jsonl").read_bytes()
+            for n in range(len(self.processes))
+        ))
+        return demo_support.summarize(merged, shop_log, products)
+
+
+@pytest.fixture
+def workers(tmp_path, redis_url):
+    import demo_support
+
+    log = tmp_path / "shop.log"
+    shop, url = demo_support.start_shop(products=PRODUCTS, per_page=20, categories=5, latency=0.01, log=log)
+    group = Workers(tmp_path, url, redis_url)
+    try:
+        yield group, log
+    finally:
+        group.stop()
+        demo_support.stop_shop(shop)
+
+
+@pytest.mark.e2e
+def test_a_killed_worker_loses_nothing(workers, server):
+    """Three workers share one scrapy-redis queue; one is SIGKILLed mid-crawl. The two others
+    finish the crawl: its leased requests came back to the queue, and every product is in the
+    feeds, the dead worker's read up to the length its checkpoint saved."""
+    group, shop_log = workers
+    group.start(3)
+    group.wait_for_items([2], PRODUCTS // 10)
+    group.kill([2])
+    group.finish([0, 1])
+    summary = group.summary({2}, shop_log, PRODUCTS)
+    assert (summary["lost"], summary["malformed_lines"]) == (0, 0), summary
+    # A page saved by the dead worker, which died before releasing its lease, is done again.
+    assert summary["duplicates"] <= 100, summary
+    assert "'checkpoint/leases/reclaimed'" in group.log(0) + group.log(1)
+    assert (server.zcard("products:requests:lease:deadlines"), server.zcard("products:requests")) == (0, 0)
+
+
+@pytest.mark.e2e
+def test_all_workers_killed_then_started_again_lose_nothing(workers, server):
+    """All three SIGKILLed mid-crawl, three new ones started (no CHECKPOINT_RESUME): the queue,
+    the dupefilter and the dead workers' leases are in Redis; the new workers finish the crawl."""
+    group, shop_log = workers
+    group.start(3)
+    group.wait_for_items([0, 1, 2], PRODUCTS // 3)
+    group.kill([0, 1, 2])
+    assert server.zcard("products:requests:lease:deadlines") > 0  # in flight when they died
+    group.start(3)
+    group.finish([3, 4, 5])
+    summary = group.summary({0, 1, 2}, shop_log, PRODUCTS)
+    assert (summary["lost"], summary["malformed_lines"]) == (0, 0), summary
+    assert summary["duplicates"] <= 300, summary
+    assert (server.zcard("products:requests:lease:deadlines"), server.zcard("products:requests")) == (0, 0)
+
+
+def test_shared_scheduler_refuses_a_resume():
+    from scrapy.settings import Settings
+
+    from scrapy_checkpoint.settings import CheckpointSettings
+
+    settings = Settings({"CHECKPOINT_ENABLED": True, "CHECKPOINT_RESUME": True, "CHECKPOINT_REDIS_URL": "redis://h",
+                         "SCHEDULER": "scrapy_redis.scheduler.Scheduler"})
+    with pytest.raises(ValueError, match=r"CHECKPOINT_RESUME \(True\) cannot be used when SCHEDULER is "
+                                         r"scrapy_redis\.scheduler\.Scheduler: .* Start the workers again"):
+        CheckpointSettings.from_settings(settings)
