@@ -126,10 +126,13 @@ return lost
 """
 
 
-
 def worker_id() -> str:
     """This process, among the workers: host, pid and a random part (pids are reused)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class LeaseMixin:
@@ -174,8 +177,7 @@ class LeaseMixin:
             self.stats.inc_value("checkpoint/leases/reclaimed", reclaimed)
         if not leased:
             return None
-        token, data = leased
-        token = token.decode() if isinstance(token, bytes) else token
+        token, data = _text(leased[0]), leased[1]
         request = self._decode_request(data)  # type: ignore[attr-defined]
         request.meta[LEASE_META] = token
         with self._lock:
@@ -190,7 +192,7 @@ class LeaseMixin:
         tokens = list(tokens)
         if not tokens:
             return []
-        lost = [t.decode() if isinstance(t, bytes) else t for t in self._ack(keys=self.lease_keys, args=tokens)]
+        lost = [_text(t) for t in self._ack(keys=self.lease_keys, args=tokens)]
         with self._lock:
             self.held.difference_update(tokens)
         return lost
@@ -202,8 +204,7 @@ class LeaseMixin:
             tokens = list(self.held)
         if not tokens:
             return []
-        lost = [t.decode() if isinstance(t, bytes) else t
-                for t in self._renew(keys=self.lease_keys[:1], args=[self.lease_ms, *tokens])]
+        lost = [_text(t) for t in self._renew(keys=self.lease_keys[:1], args=[self.lease_ms, *tokens])]
         with self._lock:
             self.held.difference_update(lost)
         return lost
