@@ -242,7 +242,7 @@ def stats_table(groups: dict[tuple[str, str], CheckpointStats], total: Checkpoin
 
 
 class Command(ScrapyCommand):
-    """``scrapy checkpoint list|show|delete|prune|export``, on the store the settings select."""
+    """``scrapy checkpoint list|show|delete|prune|export|stats``, on the store the settings select."""
 
     requires_project = False
     requires_crawler_process = False
