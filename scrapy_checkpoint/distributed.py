@@ -28,7 +28,7 @@ except ImportError as exc:
 from .extension import LEASE_META, CheckpointExtension
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from scrapy import Request, Spider
 
@@ -157,7 +157,8 @@ class LeaseMixin:
         #: Tokens this worker holds (popped, not acknowledged).
         self.held: set[str] = set()
         self.lease_ms = 60_000
-        self.stats: Any = None
+        #: Told of lease events (granted, reclaimed) with their count; set by the extension.
+        self.counted: Callable[[str, int], None] = lambda event, count: None
         extension = self.spider.crawler.get_extension(CheckpointExtension)
         #: Leases are only taken when a checkpoint acknowledges them: without one (checkpoints
         #: off, a spider not opted in) the queue is scrapy-redis's own.
@@ -173,8 +174,8 @@ class LeaseMixin:
             keys=[self.key, *self.lease_keys, f"{self.key}:lease:seq"],
             args=[self.kind, self.worker, self.lease_ms, RECLAIM_PER_POP],
         )
-        if reclaimed and self.stats is not None:
-            self.stats.inc_value("checkpoint/leases/reclaimed", reclaimed)
+        if reclaimed:
+            self.counted("reclaimed", reclaimed)
         if not leased:
             return None
         token, data = _text(leased[0]), leased[1]
@@ -182,8 +183,7 @@ class LeaseMixin:
         request.meta[LEASE_META] = token
         with self._lock:
             self.held.add(token)
-        if self.stats is not None:
-            self.stats.inc_value("checkpoint/leases/granted")
+        self.counted("granted", 1)
         return request
 
     def ack(self, tokens: Iterable[str]) -> list[str]:

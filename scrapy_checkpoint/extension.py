@@ -196,8 +196,12 @@ class CheckpointExtension:
         """Called by a leasing scrapy-redis queue: its leases are released by the batch that
         marks their requests processed, and renewed while this worker lives."""
         queue.lease_ms = round(self.settings.lease_timeout * 1000)
-        queue.stats = self.stats
+        queue.counted = self._count_leases
         self._leases = queue
+
+    def _count_leases(self, event: str, count: int) -> None:
+        self.stats.inc_value(f"checkpoint/leases/{event}", count)
+        self.metrics.leases(event, count)
 
     def _refuse_to_start(self) -> None:
         raise CloseSpider(CHECKPOINT_ERROR)
@@ -311,7 +315,7 @@ class CheckpointExtension:
 
     def _leases_lost(self, lost: list[str]) -> None:
         if lost:
-            self.stats.inc_value("checkpoint/leases/lost", len(lost))
+            self._count_leases("lost", len(lost))
             logger.warning(
                 "%(n)d leases of this worker expired before it renewed or released them (it was "
                 "stopped or cut off longer than CHECKPOINT_LEASE_TIMEOUT, %(timeout)g s): other "

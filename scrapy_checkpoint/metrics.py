@@ -89,6 +89,10 @@ class CheckpointMetrics:
     def store_state(self, up: bool) -> None:
         """The store answered (True) or failed (False)."""
 
+    def leases(self, event: str, count: int) -> None:
+        """scrapy-redis leases: *count* were granted, reclaimed (expired ones put back in the
+        queue) or lost (this worker's own, expired before it renewed them). Any thread."""
+
     def flushed(self, seconds: float, storage_ratio: float | None) -> None:
         """A batch was applied in *seconds*; *storage_ratio* from :meth:`measure_storage`."""
         if seconds > SAVE_LATENCY_SECONDS:
@@ -185,6 +189,12 @@ class PrometheusCheckpointMetrics(CheckpointMetrics):
             "Storage the checkpoint store uses, over what it may use (CHECKPOINT_STORAGE_LIMIT, "
             "the disk, or Redis maxmemory).", store, registry=registry,
         )
+        self.lease_events = prom.Counter(
+            "scrapy_checkpoint_leases",
+            "Leases of a shared scrapy-redis queue, by event: granted, reclaimed (expired ones put "
+            "back in the queue) or lost (this worker's own, expired before it renewed them).",
+            (*job, "event"), registry=registry,
+        )
         self._push = prom.push_to_gateway
         self._serve = prom.start_http_server
 
@@ -230,6 +240,10 @@ class PrometheusCheckpointMetrics(CheckpointMetrics):
     def buffered(self, events: int) -> None:
         if self._labels:
             self.buffered_events.labels(**self._labels).set(events)
+
+    def leases(self, event: str, count: int) -> None:
+        if self._labels:
+            self.lease_events.labels(**self._labels, event=event).inc(count)
 
     def store_state(self, up: bool) -> None:
         if self._labels:

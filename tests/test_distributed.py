@@ -67,6 +67,8 @@ def test_pop_leases_and_ack_releases(server):
 
 def test_expired_lease_goes_to_another_worker_and_fences_the_first(server):
     dead, alive = make_queue(server, lease_ms=1), make_queue(server)
+    events = []
+    alive.counted = lambda event, count: events.append((event, count))
     dead.push(Request("http://shop.test/p/1"))
     first = dead.pop()
     wait_until_expired(dead)
@@ -74,7 +76,7 @@ def test_expired_lease_goes_to_another_worker_and_fences_the_first(server):
     assert alive.outstanding() == 1
     again = alive.pop()
     assert again.url == first.url and again.meta[LEASE_META] != first.meta[LEASE_META]
-    assert alive.stats is None and len(alive) == 0
+    assert events == [("reclaimed", 1), ("granted", 1)] and len(alive) == 0
     # The first worker comes back: its lease is gone, and it is told so.
     assert dead.ack([first.meta[LEASE_META]]) == [first.meta[LEASE_META]]
     assert dead.renew() == []  # the lost lease is no longer held

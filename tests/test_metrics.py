@@ -153,6 +153,11 @@ def test_hooks_update_metrics(served):
     assert value(metrics, "scrapy_checkpoint_flush_seconds_sum", store="sqlite") == pytest.approx(0.35)
     assert value(metrics, "scrapy_checkpoint_storage_used_ratio", store="sqlite") == 0.25
     assert value(metrics, "scrapy_checkpoint_recoveries_total", outcome="resumed") == 1
+    metrics.leases("granted", 3)
+    metrics.leases("reclaimed", 1)
+    metrics.leases("granted", 2)
+    assert value(metrics, "scrapy_checkpoint_leases_total", event="granted") == 5
+    assert value(metrics, "scrapy_checkpoint_leases_total", event="reclaimed") == 1
     metrics.store_state(False)
     metrics.buffered(42)
     assert value(metrics, "scrapy_checkpoint_store_up", store="sqlite") == 0
