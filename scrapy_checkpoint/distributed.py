@@ -20,6 +20,9 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from scrapy.utils.asyncio import create_looping_call, run_in_thread
+from scrapy.utils.defer import deferred_from_coro
+
 try:
     from scrapy_redis import queue as redis_queues
 except ImportError as exc:
@@ -157,8 +160,12 @@ class LeaseMixin:
         #: Tokens this worker holds (popped, not acknowledged).
         self.held: set[str] = set()
         self.lease_ms = 60_000
-        #: Told of lease events (granted, reclaimed) with their count; set by the extension.
+        #: Told of lease events (granted, reclaimed, lost) with their count, and of a heartbeat
+        #: that failed (the next one tries again); set by the extension.
         self.counted: Callable[[str, int], None] = lambda event, count: None
+        self.renew_failed: Callable[[Exception], None] = lambda exc: None
+        self._heartbeat: Any = None
+        self._renewing: Any = None
         extension = self.spider.crawler.get_extension(CheckpointExtension)
         #: Leases are only taken when a checkpoint acknowledges them: without one (checkpoints
         #: off, a spider not opted in) the queue is scrapy-redis's own.
@@ -208,6 +215,31 @@ class LeaseMixin:
         with self._lock:
             self.held.difference_update(lost)
         return lost
+
+    def start_heartbeat(self, interval: float) -> None:
+        """Renew this worker's leases every *interval* seconds, in a thread, until
+        :meth:`stop_heartbeat`."""
+        self._heartbeat = create_looping_call(self._renew_soon)
+        self._heartbeat.start(interval, now=False)
+
+    def stop_heartbeat(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+
+    def _renew_soon(self) -> None:
+        if self._renewing is None:
+            self._renewing = deferred_from_coro(self._renew_off_the_reactor())
+
+    async def _renew_off_the_reactor(self) -> None:
+        try:
+            lost = await run_in_thread(self.renew)
+        except Exception as exc:
+            self.renew_failed(exc)
+        else:
+            if lost:
+                self.counted("lost", len(lost))
+        finally:
+            self._renewing = None
 
     def outstanding(self) -> int:
         """Leases of every worker, expired ones included: the next pop returns those to the

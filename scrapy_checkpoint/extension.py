@@ -155,8 +155,6 @@ class CheckpointExtension:
         self._progress_loop: Any = None
         #: The scrapy-redis queue that leases what it pops (distributed.LeaseMixin), if any.
         self._leases: Any = None
-        self._heartbeat: Any = None
-        self._renewing: Any = None
         self._work: dict[Any, _Work] = {}
         self._last_discovered: Request | None = None
         self._warned: set[str] = set()
@@ -197,11 +195,20 @@ class CheckpointExtension:
         marks their requests processed, and renewed while this worker lives."""
         queue.lease_ms = round(self.settings.lease_timeout * 1000)
         queue.counted = self._count_leases
+        queue.renew_failed = lambda exc: self._warn_once(
+            "lease_error", exc, "Leases of the scrapy-redis queue were not renewed")
         self._leases = queue
 
     def _count_leases(self, event: str, count: int) -> None:
         self.stats.inc_value(f"checkpoint/leases/{event}", count)
         self.metrics.leases(event, count)
+        if event == "lost":
+            logger.warning(
+                "%(n)d leases of this worker expired before it renewed or released them (it was "
+                "stopped or cut off longer than CHECKPOINT_LEASE_TIMEOUT, %(timeout)g s): other "
+                "workers do those requests again",
+                {"n": count, "timeout": self.settings.lease_timeout},
+            )
 
     def _refuse_to_start(self) -> None:
         raise CloseSpider(CHECKPOINT_ERROR)
@@ -288,39 +295,13 @@ class CheckpointExtension:
             self._progress_loop = create_looping_call(self._log_progress)
             self._progress_loop.start(self.settings.log_interval, now=False)
         if self._leases is not None:
-            self._heartbeat = create_looping_call(self._renew_soon)
-            self._heartbeat.start(self.settings.lease_timeout / 3, now=False)
+            self._leases.start_heartbeat(self.settings.lease_timeout / 3)
         elif shares_a_scheduler(self.crawler.settings):
             logger.warning(
                 "SCHEDULER_QUEUE_CLASS %(queue)s is not a queue scrapy-checkpoint can lease: a worker "
                 "that dies loses the requests it had popped. Use one of scrapy_redis.queue's "
                 "PriorityQueue, FifoQueue or LifoQueue, with the add-on.",
                 {"queue": self.crawler.settings.get("SCHEDULER_QUEUE_CLASS")},
-            )
-
-    def _renew_soon(self) -> None:
-        if self._renewing is None:
-            self._renewing = deferred_from_coro(self._renew())
-
-    async def _renew(self) -> None:
-        """The heartbeat: push back the deadline of every lease this worker holds."""
-        try:
-            lost = await run_in_thread(self._leases.renew)
-        except Exception as exc:  # the next heartbeat tries again, before the leases expire
-            self._warn_once("lease_error", exc, "Leases of the scrapy-redis queue were not renewed")
-            lost = []
-        finally:
-            self._renewing = None
-        self._leases_lost(lost)
-
-    def _leases_lost(self, lost: list[str]) -> None:
-        if lost:
-            self._count_leases("lost", len(lost))
-            logger.warning(
-                "%(n)d leases of this worker expired before it renewed or released them (it was "
-                "stopped or cut off longer than CHECKPOINT_LEASE_TIMEOUT, %(timeout)g s): other "
-                "workers do those requests again",
-                {"n": len(lost), "timeout": self.settings.lease_timeout},
             )
 
     async def _record_refusal(self, checkpoint: Checkpoint, exc: Exception) -> None:
@@ -764,7 +745,8 @@ class CheckpointExtension:
                         self._store_error("flush", exc)
                         return False
                     self._unflushed.popleft()
-                    self._leases_lost(lost)
+                    if lost:
+                        self._count_leases("lost", len(lost))
                     self.metrics.flushed(seconds, storage_ratio)
                     self.runs.flushed(seconds)
                     self.stats.inc_value("checkpoint/flushes")
@@ -810,9 +792,11 @@ class CheckpointExtension:
                     {"id": checkpoint.checkpoint_id, "store": self.store.describe()})
 
     async def spider_closed(self, spider: Spider, reason: str) -> None:
-        for loop in (self._loop, self._progress_loop, self._heartbeat):
+        for loop in (self._loop, self._progress_loop):
             if loop is not None and loop.running:
                 loop.stop()
+        if self._leases is not None:
+            self._leases.stop_heartbeat()
         if reason == CHECKPOINT_ERROR:
             self._exit_non_zero()
         if self.checkpoint is None:
