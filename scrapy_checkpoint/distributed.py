@@ -199,10 +199,16 @@ class LeaseMixin:
         tokens = list(tokens)
         if not tokens:
             return []
-        lost = [_text(t) for t in self._ack(keys=self.lease_keys, args=tokens)]
+        # Not held from now on: a heartbeat running meanwhile must not take a lease released
+        # here for one lost.
         with self._lock:
             self.held.difference_update(tokens)
-        return lost
+        try:
+            return [_text(t) for t in self._ack(keys=self.lease_keys, args=tokens)]
+        except BaseException:
+            with self._lock:
+                self.held.update(tokens)  # still leased: renewed until the retried release
+            raise
 
     def renew(self) -> list[str]:
         """Push back the deadline of every lease this worker holds; return those it lost
@@ -213,6 +219,7 @@ class LeaseMixin:
             return []
         lost = [_text(t) for t in self._renew(keys=self.lease_keys[:1], args=[self.lease_ms, *tokens])]
         with self._lock:
+            lost = [t for t in lost if t in self.held]  # not those released meanwhile
             self.held.difference_update(lost)
         return lost
 

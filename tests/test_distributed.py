@@ -169,7 +169,7 @@ def test_shared_scheduler_needs_a_shared_store():
 
 # End to end: scrapy-redis workers, real `scrapy crawl` processes.
 
-PRODUCTS = 600
+PRODUCTS = 300
 #: Short, so that a dead worker's leases come back soon; several heartbeats long, so that a
 #: live worker on a loaded machine keeps its own.
 LEASE_TIMEOUT = 4.0
@@ -187,7 +187,7 @@ def worker_command(url, redis_url, items_file):
         "CHECKPOINT_LEASE_TIMEOUT": LEASE_TIMEOUT,
         "CHECKPOINT_FLUSH_INTERVAL": 0.5,
         "CHECKPOINT_BATCH_SIZE": 100,
-        "CONCURRENT_REQUESTS": 8,
+        "CONCURRENT_REQUESTS": 4,
     }
     return demo_support.crawl_command(url, items_file, settings)
 
@@ -225,6 +225,31 @@ class Workers:
             assert all(self.processes[n].poll() is None for n in ns), "a worker ended too soon"
             assert time.monotonic() < deadline, "the workers scraped too little"
             time.sleep(0.02)
+
+    def leases_of(self, n, server):
+        mark = f":{self.processes[n].pid}:".encode()
+        return [token for token in server.zrange("products:requests:lease:deadlines", 0, -1) if mark in token]
+
+    def stop_one_holding_leases(self, server):
+        """SIGSTOP the first worker to scrape a few items (the crawl is surely under way in it),
+        at a moment it holds leases; return its number."""
+        import signal
+
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            busy = [n for n in range(len(self.processes)) if self.items(n) >= 5]
+            if busy:
+                n = busy[0]
+                break
+            assert time.monotonic() < deadline, "no worker scraped anything"
+            time.sleep(0.02)
+        while True:
+            self.processes[n].send_signal(signal.SIGSTOP)
+            if self.leases_of(n, server):
+                return n
+            self.processes[n].send_signal(signal.SIGCONT)
+            assert self.processes[n].poll() is None and time.monotonic() < deadline, f"worker {n} held no lease"
+            time.sleep(0.01)
 
     def kill(self, ns):
         for n in ns:
@@ -274,7 +299,8 @@ def workers(tmp_path, redis_url):
     import demo_support
 
     log = tmp_path / "shop.log"
-    shop, url = demo_support.start_shop(products=PRODUCTS, per_page=20, categories=5, latency=0.01, log=log)
+    # Slow enough that the last worker to start still finds work.
+    shop, url = demo_support.start_shop(products=PRODUCTS, per_page=20, categories=5, latency=0.05, log=log)
     group = Workers(tmp_path, url, redis_url)
     try:
         yield group, log
@@ -290,14 +316,15 @@ def test_a_killed_worker_loses_nothing(workers, server):
     feeds, the dead worker's read up to the length its checkpoint saved."""
     group, shop_log = workers
     group.start(3)
-    group.wait_for_items([2], PRODUCTS // 10)
-    group.kill([2])
-    group.finish([0, 1])
-    summary = group.summary({2}, shop_log, PRODUCTS)
+    dead = group.stop_one_holding_leases(server)
+    group.kill([dead])
+    others = [n for n in range(3) if n != dead]
+    group.finish(others)
+    summary = group.summary({dead}, shop_log, PRODUCTS)
     assert (summary["lost"], summary["malformed_lines"]) == (0, 0), summary
     # A page saved by the dead worker, which died before releasing its lease, is done again.
     assert summary["duplicates"] <= 100, summary
-    assert "'checkpoint/leases/reclaimed'" in group.log(0) + group.log(1)
+    assert "'checkpoint/leases/reclaimed'" in "".join(group.log(n) for n in others)
     assert (server.zcard("products:requests:lease:deadlines"), server.zcard("products:requests")) == (0, 0)
 
 
@@ -316,6 +343,32 @@ def test_all_workers_killed_then_started_again_lose_nothing(workers, server):
     assert (summary["lost"], summary["malformed_lines"]) == (0, 0), summary
     assert summary["duplicates"] <= 300, summary
     assert (server.zcard("products:requests:lease:deadlines"), server.zcard("products:requests")) == (0, 0)
+
+
+@pytest.mark.e2e
+def test_a_stopped_worker_loses_its_leases_and_is_told(workers, server):
+    """A worker SIGSTOPped past its lease timeout: the others take its requests back; once
+    continued, it learns that its leases are gone (counted, and logged) and still closes."""
+    import signal
+
+    group, shop_log = workers
+    group.start(3)
+    stopped = group.stop_one_holding_leases(server)
+    try:
+        # Until no lease of the stopped worker is left: the others put them back in the queue.
+        deadline = time.monotonic() + PATIENCE + LEASE_TIMEOUT
+        while group.leases_of(stopped, server):
+            assert time.monotonic() < deadline, "the stopped worker's leases were not taken back"
+            time.sleep(0.05)
+    finally:
+        group.processes[stopped].send_signal(signal.SIGCONT)
+    group.finish([0, 1, 2])
+    summary = group.summary(set(), shop_log, PRODUCTS)
+    assert (summary["lost"], summary["malformed_lines"]) == (0, 0), summary
+    text = group.log(stopped)
+    assert "leases of this worker expired before it renewed or released them" in text, text[-3000:]
+    assert "'checkpoint/leases/lost'" in text
+    assert "'checkpoint/leases/reclaimed'" in "".join(group.log(n) for n in range(3) if n != stopped)
 
 
 def test_shared_scheduler_refuses_a_resume():
