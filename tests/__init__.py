@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from scrapy_checkpoint.models import Batch, Checkpoint, CheckpointRun, DiscoveredRequest, utcnow
 
@@ -31,3 +32,33 @@ def run(number: int, **fields) -> CheckpointRun:
     """A run of a checkpoint, started now."""
     now = utcnow()
     return CheckpointRun(number=number, started_at=now, updated_at=now, host="test", pid=1, **fields)
+
+
+#: Source of a downloader middleware for the test projects below: it appends each request's
+#: URL and the headers named in SENT_HEADERS, as they are sent, to the JSON-lines SENT_LOG.
+RECORD_SENT = """
+import json
+
+
+class RecordSent:
+    def __init__(self, path, names):
+        self.path, self.names = path, names
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler.settings["SENT_LOG"], crawler.settings.getlist("SENT_HEADERS"))
+
+    def process_request(self, request):
+        line = {name: (request.headers.get(name) or b"").decode() for name in self.names}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"url": request.url, **line}) + "\\n")
+"""
+
+
+def write_project(directory: Path, name: str, settings: str, spider: str) -> Path:
+    """A Scrapy project in *directory*: ``<name>_settings.py`` and ``<name>_spider.py``."""
+    directory.mkdir()
+    (directory / "scrapy.cfg").write_text(f"[settings]\ndefault = {name}_settings\n")
+    (directory / f"{name}_settings.py").write_text(settings)
+    (directory / f"{name}_spider.py").write_text(spider)
+    return directory

@@ -8,6 +8,8 @@ import json
 import demo_support
 import pytest
 
+from . import RECORD_SENT, write_project
+
 pytestmark = pytest.mark.e2e
 
 PRODUCTS = 200
@@ -23,29 +25,12 @@ TELNETCONSOLE_ENABLED = False
 LOG_LEVEL = "INFO"
 ADDONS = {"scrapy_checkpoint.Addon": 100}
 CHECKPOINT_ENABLED = True
-DOWNLOADER_MIDDLEWARES = {"login_spider.RecordCookies": 950}  # after CookiesMiddleware (700)
+DOWNLOADER_MIDDLEWARES = {"login_spider.RecordSent": 950}  # after CookiesMiddleware (700)
+SENT_HEADERS = ["Cookie"]
 """
 
-SPIDER = '''
-import json
-
+SPIDER = RECORD_SENT + '''
 import scrapy
-
-
-class RecordCookies:
-    """Appends each request's URL and Cookie header, as sent, to LOGIN_SENT_LOG."""
-
-    def __init__(self, path):
-        self.path = path
-
-    @classmethod
-    def from_crawler(cls, crawler):
-        return cls(crawler.settings["LOGIN_SENT_LOG"])
-
-    def process_request(self, request):
-        with open(self.path, "a") as f:
-            cookie = (request.headers.get("Cookie") or b"").decode()
-            f.write(json.dumps({"url": request.url, "cookie": cookie}) + "\\n")
 
 
 class ProductsSpider(scrapy.Spider):
@@ -95,16 +80,12 @@ def shop(tmp_path):
 
 def test_restored_requests_wait_for_the_login(tmp_path, shop):
     url, shop_log = shop
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "scrapy.cfg").write_text("[settings]\ndefault = login_settings\n")
-    (project / "login_settings.py").write_text(SETTINGS)
-    (project / "login_spider.py").write_text(SPIDER)
+    project = write_project(tmp_path / "project", "login", SETTINGS, SPIDER)
     items = tmp_path / "items.jsonl"
 
     def crawl(run, **kwargs):
         extra = {"CHECKPOINT_DIR": str(tmp_path / "checkpoints"), "CHECKPOINT_FLUSH_INTERVAL": 0.3,
-                 "CHECKPOINT_BATCH_SIZE": 50, "LOGIN_SENT_LOG": str(tmp_path / f"sent-{run}.jsonl"),
+                 "CHECKPOINT_BATCH_SIZE": 50, "SENT_LOG": str(tmp_path / f"sent-{run}.jsonl"),
                  **kwargs.pop("extra", {})}
         return demo_support.run_crawl(project, url, items, extra, log_path=tmp_path / f"crawl-{run}.log",
                                       timeout=60, args=["-a", f"login_delay={LOGIN_DELAY}"], **kwargs)
@@ -118,8 +99,8 @@ def test_restored_requests_wait_for_the_login(tmp_path, shop):
     assert restored > 0, text[-3000:]
 
     login, *after = [json.loads(line) for line in (tmp_path / "sent-2.jsonl").read_text().splitlines()]
-    assert login["url"].startswith(f"{url}/login") and login["cookie"] == ""
+    assert login["url"].startswith(f"{url}/login") and login["Cookie"] == ""
     assert len(after) >= restored
-    assert [s["url"] for s in after if s["cookie"] != "session=demo"] == []
+    assert [s["url"] for s in after if s["Cookie"] != "session=demo"] == []
     summary = demo_support.summarize(items, shop_log, PRODUCTS)
     assert (summary["lost"], summary["duplicates"]) == (0, 0), summary

@@ -22,6 +22,8 @@ from scrapy_checkpoint.models import CheckpointStatus
 from scrapy_checkpoint.settings import CheckpointSettings
 from scrapy_checkpoint.stores import store_class
 
+from . import RECORD_SENT, write_project
+
 pytestmark = pytest.mark.e2e
 
 PRODUCTS = 300
@@ -60,12 +62,12 @@ CHECKPOINT_ITEM_EXCLUDE_FIELDS = ["email"]
 DEFAULT_REQUEST_HEADERS = {"Authorization": "Bearer SECRET-TOKEN-1"}
 DOWNLOADER_MIDDLEWARES = {
     "privacy_spider.ProxyCredentials": 740,  # before HttpProxyMiddleware (750)
-    "privacy_spider.RecordHeaders": 950,     # what goes out, after every built-in middleware
+    "privacy_spider.RecordSent": 950,        # what goes out, after every built-in middleware
 }
+SENT_HEADERS = ["Authorization", "Proxy-Authorization"]
 """
 
-SPIDER = '''
-import json
+SPIDER = RECORD_SENT + '''
 from urllib.parse import urlsplit
 
 import scrapy
@@ -86,23 +88,6 @@ class ProxyCredentials:
         proxy = request.meta.get("proxy")
         if proxy and "@" not in proxy:
             request.meta["proxy"] = proxy.replace("://", "://puser:SECRET-PROXY-4@", 1)
-
-
-class RecordHeaders:
-    """Appends the credentials each request is sent with to PRIVACY_HEADERS_LOG."""
-
-    def __init__(self, path):
-        self.path = path
-
-    @classmethod
-    def from_crawler(cls, crawler):
-        return cls(crawler.settings["PRIVACY_HEADERS_LOG"])
-
-    def process_request(self, request):
-        line = {name: (request.headers.get(name) or b"").decode()
-                for name in ("Authorization", "Proxy-Authorization")}
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"url": request.url, **line}) + "\\n")
 
 
 class ProductsSpider(scrapy.Spider):
@@ -166,14 +151,6 @@ def small_shop(tmp_path):
         demo_support.stop_shop(process)
 
 
-def write_project(directory):
-    directory.mkdir()
-    (directory / "scrapy.cfg").write_text("[settings]\ndefault = privacy_settings\n")
-    (directory / "privacy_settings.py").write_text(SETTINGS)
-    (directory / "privacy_spider.py").write_text(SPIDER)
-    return directory
-
-
 def raw_data(tmp_path, extra) -> dict[str, list[bytes]]:
     """Everything the stores hold, as stored, by store: every file under CHECKPOINT_DIR (the
     SQLite database with its -wal and -shm), every Redis value, every MongoDB document as BSON."""
@@ -226,7 +203,7 @@ def open_store(tmp_path, extra):
 
 def test_no_credentials_in_any_store(tmp_path, small_shop, store_settings):
     url, shop_log = small_shop
-    project = write_project(tmp_path / "project")
+    project = write_project(tmp_path / "project", "privacy", SETTINGS, SPIDER)
     items = tmp_path / "items.jsonl"
 
     def crawl(run, **kwargs):
@@ -234,7 +211,7 @@ def test_no_credentials_in_any_store(tmp_path, small_shop, store_settings):
             "CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
             "CHECKPOINT_FLUSH_INTERVAL": 0.3,
             "CHECKPOINT_BATCH_SIZE": 50,
-            "PRIVACY_HEADERS_LOG": str(tmp_path / f"headers-{run}.jsonl"),
+            "SENT_LOG": str(tmp_path / f"headers-{run}.jsonl"),
             **store_settings,
             **kwargs.pop("extra", {}),
         }
