@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -98,6 +99,17 @@ def stop_shop(process: subprocess.Popen[Any], timeout: float = 5.0) -> int:
     if process.stdout is not None:
         process.stdout.close()
     return process.returncode
+
+
+@contextmanager
+def running_shop(log: str | os.PathLike[str], **options: Any) -> Iterator[str]:
+    """A shop (:func:`start_shop` with *options*, logging to *log*) for the length of a
+    ``with`` block; yields its URL."""
+    process, url = start_shop(log=log, **options)
+    try:
+        yield url
+    finally:
+        stop_shop(process)
 
 
 def setting_arg(name: str, value: Any) -> str:

@@ -21,8 +21,5 @@ def shop(tmp_path):
     import demo_support
 
     log = tmp_path / "shop.log"
-    process, url = demo_support.start_shop(products=600, per_page=20, categories=5, latency=0.002, log=log)
-    try:
+    with demo_support.running_shop(log, products=600, per_page=20, categories=5, latency=0.002) as url:
         yield url, log, 600
-    finally:
-        demo_support.stop_shop(process)

@@ -55,11 +55,8 @@ def small_shop(tmp_path_factory):
     """The demo shop with 120 products (the end-to-end `shop` has 600): here crawls only
     need to finish, or be killed, and the file runs four of each. Yields (url, products)."""
     log = tmp_path_factory.mktemp("shop") / "shop.log"
-    process, url = demo_support.start_shop(products=120, per_page=20, categories=3, latency=0.002, log=log)
-    try:
+    with demo_support.running_shop(log, products=120, per_page=20, categories=3, latency=0.002) as url:
         yield url, 120
-    finally:
-        demo_support.stop_shop(process)
 
 
 def held(tmp_path, store_settings, *checkpoint_ids):

@@ -300,13 +300,12 @@ def workers(tmp_path, redis_url):
 
     log = tmp_path / "shop.log"
     # Slow enough that the last worker to start still finds work.
-    shop, url = demo_support.start_shop(products=PRODUCTS, per_page=20, categories=5, latency=0.05, log=log)
-    group = Workers(tmp_path, url, redis_url)
-    try:
-        yield group, log
-    finally:
-        group.stop()
-        demo_support.stop_shop(shop)
+    with demo_support.running_shop(log, products=PRODUCTS, per_page=20, categories=5, latency=0.05) as url:
+        group = Workers(tmp_path, url, redis_url)
+        try:
+            yield group, log
+        finally:
+            group.stop()
 
 
 @pytest.mark.e2e

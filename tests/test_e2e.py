@@ -83,8 +83,7 @@ def test_hard_kills_lose_nothing(tmp_path, store_settings, request):
     rng = random.Random(SEED)
     products, kills = 1500, 4
     log = tmp_path / "shop.log"
-    process, url = demo_support.start_shop(products=products, latency=0.002, log=log)
-    try:
+    with demo_support.running_shop(log, products=products, latency=0.002) as url:
         points = sorted(rng.sample(range(50, products - 50), kills))
         runs = []
         for n, point in enumerate(points):
@@ -101,8 +100,6 @@ def test_hard_kills_lose_nothing(tmp_path, store_settings, request):
         pending = int(re.search(r"Resuming checkpoint \S+: (\d+) requests pending", text).group(1))
         restored = re.search(r"'checkpoint/restored/requests': (\d+)", text)
         assert restored is None or int(restored.group(1)) <= pending, (pending, restored.group(1))
-    finally:
-        demo_support.stop_shop(process)
     summary = demo_support.summarize(tmp_path / "items.jsonl", log, products)
     print(f"hard kills on {request.node.callspec.id} (seed {SEED}, kill points {points}): {summary}")
     assert runs == [-signal.SIGKILL] * kills

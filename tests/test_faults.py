@@ -26,11 +26,8 @@ FLUSH_FAILED = "failed to flush; will retry"
 @pytest.fixture
 def big_shop(tmp_path):
     log = tmp_path / "shop.log"
-    process, url = demo_support.start_shop(products=PRODUCTS, latency=0.002, log=log)
-    try:
+    with demo_support.running_shop(log, products=PRODUCTS, latency=0.002) as url:
         yield url, log
-    finally:
-        demo_support.stop_shop(process)
 
 
 @pytest.fixture

@@ -78,12 +78,8 @@ class Shop:
 def shop(tmp_path):
     """A shop of PRODUCTS products (5 categories of 3 listing pages), with its own log."""
     log = tmp_path / "shop.log"
-    process, url = demo_support.start_shop(products=PRODUCTS, per_page=20, categories=5, latency=0.002,
-                                           log=log)
-    try:
+    with demo_support.running_shop(log, products=PRODUCTS, per_page=20, categories=5, latency=0.002) as url:
         yield Shop(url, log)
-    finally:
-        demo_support.stop_shop(process)
 
 
 @pytest.fixture

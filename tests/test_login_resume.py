@@ -71,11 +71,8 @@ class ProductsSpider(scrapy.Spider):
 @pytest.fixture
 def shop(tmp_path):
     log = tmp_path / "shop.log"
-    process, url = demo_support.start_shop(products=PRODUCTS, per_page=20, categories=3, latency=0.002, log=log)
-    try:
+    with demo_support.running_shop(log, products=PRODUCTS, per_page=20, categories=3, latency=0.002) as url:
         yield url, log
-    finally:
-        demo_support.stop_shop(process)
 
 
 def test_restored_requests_wait_for_the_login(tmp_path, shop):

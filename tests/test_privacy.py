@@ -144,11 +144,8 @@ def store_settings(request):
 @pytest.fixture
 def small_shop(tmp_path):
     log = tmp_path / "shop.log"
-    process, url = demo_support.start_shop(products=PRODUCTS, per_page=20, categories=3, latency=0.002, log=log)
-    try:
+    with demo_support.running_shop(log, products=PRODUCTS, per_page=20, categories=3, latency=0.002) as url:
         yield url, log
-    finally:
-        demo_support.stop_shop(process)
 
 
 def raw_data(tmp_path, extra) -> dict[str, list[bytes]]:
