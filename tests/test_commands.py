@@ -14,7 +14,7 @@ import pytest
 
 from scrapy_checkpoint.commands.checkpoint import LIST_HEADERS, STATS_HEADERS, document
 
-from .redis_server import free_port
+from .server_process import free_port
 from .test_e2e import checkpoint_id_of, crawl, open_any_store, store_settings  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.e2e

@@ -30,6 +30,8 @@ from scrapy_checkpoint.metrics import (
 from scrapy_checkpoint.settings import CheckpointSettings
 from scrapy_checkpoint.stores import SQLiteCheckpointStore
 
+from .server_process import free_port
+
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
@@ -37,12 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "scrapy_checkpoint" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "tests" / "prometheus" / "alerts_test.yml"
 LABELS = {"spider": "products", "site": "shop.test", "job_type": "catalog"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def checkpoint_settings(**values) -> CheckpointSettings:

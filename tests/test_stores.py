@@ -24,7 +24,8 @@ from scrapy_checkpoint.settings import CheckpointSettings
 from scrapy_checkpoint.stores import SQLiteCheckpointStore, store_class
 
 from . import batch, discovered, fp, new_checkpoint, run
-from .redis_server import RedisServer, find_redis_server, free_port
+from .redis_server import RedisServer, find_redis_server
+from .server_process import free_port
 
 TTL = 3600.0
 
