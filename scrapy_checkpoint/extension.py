@@ -155,6 +155,8 @@ class CheckpointExtension:
         self._progress_loop: Any = None
         #: The scrapy-redis queue that leases what it pops (distributed.LeaseMixin), if any.
         self._leases: Any = None
+        #: Leases granted at the last idle check that found the shared queue empty.
+        self._idle_granted: int | None = None
         self._work: dict[Any, _Work] = {}
         self._last_discovered: Request | None = None
         self._warned: set[str] = set()
@@ -485,6 +487,13 @@ class CheckpointExtension:
             # a lease, its request may yet come back to the queue.
             self._flush_soon()
             if self._leases.outstanding():
+                raise DontCloseSpider
+            # An empty queue is over only if it stays so until the next idle check: scrapy-redis
+            # marks a request seen, then pushes it (two calls), and a worker starting between
+            # the two finds nothing at all.
+            granted = self.stats.get_value("checkpoint/leases/granted", 0)
+            if granted != self._idle_granted:
+                self._idle_granted = granted
                 raise DontCloseSpider
         if not self._reseed_done or self._reseed_chunk:
             held = self.spider_checkpoint
