@@ -10,7 +10,7 @@ from scrapy.utils.misc import load_object
 from .extension import CheckpointExtension
 from .middlewares import CheckpointDownloaderMiddleware, CheckpointSpiderMiddleware
 from .outputs import CheckpointFeedExporter
-from .settings import shares_a_scheduler
+from .settings import object_path, shares_a_scheduler
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -43,11 +43,9 @@ class Addon:
             # Workers of scrapy-redis lease what they pop, so that a dead one loses nothing.
             from .distributed import LEASED_QUEUES
 
-            queue = settings.get("SCHEDULER_QUEUE_CLASS") or "scrapy_redis.queue.PriorityQueue"
-            if not isinstance(queue, str):
-                queue = f"{queue.__module__}.{queue.__qualname__}"
+            queue = object_path(settings.get("SCHEDULER_QUEUE_CLASS") or "scrapy_redis.queue.PriorityQueue")
             leased = LEASED_QUEUES.get(queue)
             if leased is not None:
                 # At the priority the queue was chosen with: a project's choice is the usual case.
-                settings.set("SCHEDULER_QUEUE_CLASS", f"{leased.__module__}.{leased.__qualname__}",
+                settings.set("SCHEDULER_QUEUE_CLASS", object_path(leased),
                              settings.getpriority("SCHEDULER_QUEUE_CLASS") or "addon")

@@ -81,12 +81,16 @@ def checkpoints_on(crawler: Crawler) -> bool:
     return is_enabled(crawler.settings) and bool(getattr(crawler.spidercls, "checkpoint_enabled", False))
 
 
+def object_path(value: Any) -> str:
+    """A class setting as its import path, whether given as a path or as the class."""
+    if isinstance(value, str):
+        return value
+    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
+
+
 def shares_a_scheduler(settings: BaseSettings) -> bool:
     """Whether SCHEDULER is scrapy-redis's: a queue shared by workers, maybe on several machines."""
-    scheduler = settings.get("SCHEDULER")
-    if not isinstance(scheduler, str):
-        scheduler = f"{getattr(scheduler, '__module__', '')}.{getattr(scheduler, '__qualname__', '')}"
-    return scheduler == REDIS_SCHEDULER
+    return object_path(settings.get("SCHEDULER")) == REDIS_SCHEDULER
 
 
 def _get(settings: BaseSettings, name: str) -> Any:
