@@ -51,7 +51,7 @@ class CheckpointRunRecorder:
             pid=os.getpid(),
             resumed=resumed,
             resumed_from_seq=checkpoint.seq if resumed else None,
-            pending_at_resume=data.urls_discovered - data.urls_processed if resumed else None,
+            pending_at_resume=max(data.urls_discovered - data.urls_processed, 0) if resumed else None,
             resume_seconds=None if resume_seconds is None else round(resume_seconds, 3),
             refused=refused,
         )
