@@ -50,7 +50,7 @@ def mongo_instance(directory: Path) -> Iterator[MongoServer | None]:
     when there is neither."""
     uri = os.environ.get(ENV_URI)
     if uri:
-        yield MongoServer.external(uri)
+        yield MongoServer.at(uri, directory)
         return
     if not _stand_in_installed():
         print(f"no nx-27017 and no {ENV_URI}: skipping the MongoDB contenders", file=sys.stderr)
@@ -58,7 +58,8 @@ def mongo_instance(directory: Path) -> Iterator[MongoServer | None]:
         return
     data = directory / "mongodb"
     data.mkdir(parents=True, exist_ok=True)
-    server = MongoServer.stand_in(data)
+    server = MongoServer(data)
+    server.start()
     try:
         yield server
     finally:
