@@ -23,6 +23,7 @@ from scrapy_checkpoint.settings import CheckpointSettings
 from scrapy_checkpoint.stores import store_class
 
 from . import RECORD_SENT, write_project
+from .test_e2e import store_settings  # noqa: F401 (a fixture: every store)
 
 pytestmark = pytest.mark.e2e
 
@@ -127,18 +128,6 @@ class ProductsSpider(scrapy.Spider):
             "email": "SECRET-PII-7",
         }
 '''
-
-
-@pytest.fixture(params=["sqlite", "redis", "mongodb", "hybrid"])
-def store_settings(request):
-    """The settings that select each store, as in test_e2e."""
-    extra = {}
-    if request.param in ("redis", "hybrid"):
-        extra["CHECKPOINT_REDIS_URL"] = request.getfixturevalue("redis_url")
-    if request.param in ("mongodb", "hybrid"):
-        uri, database = request.getfixturevalue("mongo_uri_db")
-        extra.update(CHECKPOINT_MONGO_URI=uri, CHECKPOINT_MONGO_DATABASE=database)
-    return extra
 
 
 @pytest.fixture
