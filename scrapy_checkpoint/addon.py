@@ -41,7 +41,7 @@ class Addon:
             settings.set("EXTENSIONS", extensions, settings.getpriority("EXTENSIONS") or 0)
         if shares_a_scheduler(settings):
             # Workers of scrapy-redis lease what they pop, so that a dead one loses nothing.
-            from .distributed import LEASED_QUEUES
+            from .distributed import LEASED_QUEUES, REDIS_DUPEFILTER, LeasedRFPDupeFilter
 
             queue = object_path(settings.get("SCHEDULER_QUEUE_CLASS") or "scrapy_redis.queue.PriorityQueue")
             leased = LEASED_QUEUES.get(queue)
@@ -49,3 +49,7 @@ class Addon:
                 # At the priority the queue was chosen with: a project's choice is the usual case.
                 settings.set("SCHEDULER_QUEUE_CLASS", object_path(leased),
                              settings.getpriority("SCHEDULER_QUEUE_CLASS") or "addon")
+            # And its dupefilter leaves the mark of a request seen to the queue's push.
+            if object_path(settings.get("DUPEFILTER_CLASS")) == REDIS_DUPEFILTER:
+                settings.set("DUPEFILTER_CLASS", object_path(LeasedRFPDupeFilter),
+                             settings.getpriority("DUPEFILTER_CLASS") or "addon")

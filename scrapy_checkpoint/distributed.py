@@ -25,6 +25,7 @@ from scrapy.utils.defer import deferred_from_coro
 
 try:
     from scrapy_redis import queue as redis_queues
+    from scrapy_redis.dupefilter import RFPDupeFilter
 except ImportError as exc:
     raise ImportError("Leased scrapy-redis queues need scrapy-redis: pip install scrapy-redis") from exc
 
@@ -98,6 +99,20 @@ if score then redis.call('HSET', scores, token, score) end
 return {reclaimed, token, data}
 """
 
+# KEYS: queue, seen (the dupefilter's set). ARGV: kind, request, priority score, fingerprint
+# ('' for a request not filtered). Marks the request seen and queues it in one step, so that
+# no kill can leave it seen and not queued; returns 0 (nothing queued) when it was seen already.
+_PUSH = """
+local kind, data, score, fingerprint = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if fingerprint ~= '' and redis.call('SADD', KEYS[2], fingerprint) == 0 then return 0 end
+if kind == 'priority' then
+  redis.call('ZADD', KEYS[1], score, data)
+else
+  redis.call('LPUSH', KEYS[1], data)  -- as scrapy-redis's FIFO and LIFO queues push
+end
+return 1
+"""
+
 # KEYS: deadlines, leased, scores. ARGV: tokens. Returns the tokens that were no longer
 # leased (expired and handed to another worker): their work is not this worker's to record.
 _ACK = """
@@ -153,6 +168,7 @@ class LeaseMixin:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.worker = worker_id()
         self.lease_keys = [f"{self.key}:lease:{name}" for name in ("deadlines", "requests", "scores")]
+        self._push = self.server.register_script(_PUSH)
         self._pop = self.server.register_script(_POP)
         self._ack = self.server.register_script(_ACK)
         self._renew = self.server.register_script(_RENEW)
@@ -166,12 +182,29 @@ class LeaseMixin:
         self.renew_failed: Callable[[Exception], None] = lambda exc: None
         self._heartbeat: Any = None
         self._renewing: Any = None
+        #: The scheduler's dupefilter once it opens, if it leaves the mark of a request seen
+        #: to this queue's push (:class:`LeasedRFPDupeFilter`).
+        self.dupefilter: LeasedRFPDupeFilter | None = None
         extension = self.spider.crawler.get_extension(CheckpointExtension)
         #: Leases are only taken when a checkpoint acknowledges them: without one (checkpoints
         #: off, a spider not opted in) the queue is scrapy-redis's own.
         self.leasing = extension is not None and not extension.misconfigured
         if self.leasing:
             extension.use_leases(self)
+
+    def push(self, request: Request) -> None:
+        if self.dupefilter is None:
+            return super().push(request)  # type: ignore[misc]
+        fingerprint = "" if request.dont_filter else self.dupefilter.request_fingerprint(request)
+        queued = self._push(
+            keys=[self.key, self.dupefilter.key],
+            args=[self.kind, self._encode_request(request), -request.priority, fingerprint],  # type: ignore[attr-defined]
+        )
+        if not queued:
+            # Another worker queued it since the dupefilter looked (the scheduler has counted
+            # it as queued already).
+            self.dupefilter.log(request, self.spider)
+        return None
 
     def pop(self, timeout: int = 0) -> Request | None:
         if not self.leasing:
@@ -223,6 +256,15 @@ class LeaseMixin:
             self.held.difference_update(lost)
         return lost
 
+    def confirm(self, tokens: list[str]) -> list[str]:
+        """Push back the deadline of these leases, whose work is about to be recorded;
+        return those this worker lost (expired first): their work is another worker's now.
+        Blocking: call it from a worker thread."""
+        lost = [_text(t) for t in self._renew(keys=self.lease_keys[:1], args=[self.lease_ms, *tokens])]
+        with self._lock:
+            self.held.difference_update(lost)
+        return lost
+
     def start_heartbeat(self, interval: float) -> None:
         """Renew this worker's leases every *interval* seconds, in a thread, until
         :meth:`stop_heartbeat`."""
@@ -258,6 +300,33 @@ class LeaseMixin:
         self.server.delete(*self.lease_keys, f"{self.key}:lease:seq")
 
 
+class LeasedRFPDupeFilter(RFPDupeFilter):
+    """scrapy-redis's RFPDupeFilter beside a leasing queue: it only looks whether a request
+    was seen, and the queue marks it seen in the script that queues it. scrapy-redis marks it
+    first and queues it next: a worker killed between the two (or whose page is done again
+    after a kill, its links seen already) would leave requests seen and never queued.
+    """
+
+    #: The leasing queue that marks what this filter lets through; without one (checkpoints
+    #: off) this is scrapy-redis's own filter.
+    queue: LeaseMixin | None = None
+
+    @classmethod
+    def from_spider(cls, spider: Spider) -> LeasedRFPDupeFilter:
+        dupefilter = super().from_spider(spider)
+        # The scheduler opens its queue before its dupefilter.
+        extension = spider.crawler.get_extension(CheckpointExtension)
+        queue = extension.leases if extension is not None else None
+        if queue is not None:
+            dupefilter.queue, queue.dupefilter = queue, dupefilter
+        return dupefilter
+
+    def request_seen(self, request: Request) -> bool:
+        if self.queue is None:
+            return super().request_seen(request)
+        return bool(self.server.sismember(self.key, self.request_fingerprint(request)))
+
+
 class LeasedPriorityQueue(LeaseMixin, redis_queues.PriorityQueue):
     """scrapy-redis's PriorityQueue, leasing what it pops."""
 
@@ -285,3 +354,5 @@ LEASED_QUEUES = {
     "scrapy_redis.queue.LifoQueue": LeasedLifoQueue,
     "scrapy_redis.queue.SpiderStack": LeasedLifoQueue,
 }
+#: scrapy-redis's dupefilter, which marks a request seen apart from queueing it.
+REDIS_DUPEFILTER = "scrapy_redis.dupefilter.RFPDupeFilter"

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit, urlencode
@@ -28,7 +28,7 @@ from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
 from .outputs.feeds import CheckpointFeedExporter
 from .outputs.keys import forget, remember
 from .runs import CheckpointRunRecorder
-from .settings import CheckpointSettings, checkpoints_on, is_enabled, shares_a_scheduler
+from .settings import CheckpointSettings, checkpoints_on, is_enabled, object_path, shares_a_scheduler
 from .stores import store_class
 
 if TYPE_CHECKING:
@@ -154,9 +154,10 @@ class CheckpointExtension:
         self._loop: Any = None
         self._progress_loop: Any = None
         #: The scrapy-redis queue that leases what it pops (distributed.LeaseMixin), if any.
-        self._leases: Any = None
-        #: Leases granted at the last idle check that found the shared queue empty.
-        self._idle_granted: int | None = None
+        self.leases: Any = None
+        #: Leased requests done since the last flush, with the items they scraped: recorded
+        #: by the flush if their leases are still this worker's (_confirm_leased).
+        self._unconfirmed: list[tuple[Request, Sequence[Any]]] = []
         self._work: dict[Any, _Work] = {}
         self._last_discovered: Request | None = None
         self._warned: set[str] = set()
@@ -199,12 +200,25 @@ class CheckpointExtension:
         queue.counted = self._count_leases
         queue.renew_failed = lambda exc: self._warn_once(
             "lease_error", exc, "Leases of the scrapy-redis queue were not renewed")
-        self._leases = queue
+        self.leases = queue
 
     def _count_leases(self, event: str, count: int) -> None:
         self.stats.inc_value(f"checkpoint/leases/{event}", count)
         self.metrics.leases(event, count)
-        if event == "lost":
+        if event == "fenced":
+            logger.warning(
+                "%(n)d requests this worker did were not recorded: their leases had moved on to "
+                "other workers, which do them again",
+                {"n": count},
+            )
+        elif event == "saved_late":
+            logger.warning(
+                "%(n)d requests were saved after their leases moved on (this worker was stopped "
+                "or cut off while saving them): other workers do them again, and their items "
+                "may be in two feeds",
+                {"n": count},
+            )
+        elif event == "lost":
             logger.warning(
                 "%(n)d leases of this worker expired before it renewed or released them (it was "
                 "stopped or cut off longer than CHECKPOINT_LEASE_TIMEOUT, %(timeout)g s): other "
@@ -296,8 +310,15 @@ class CheckpointExtension:
         if self.settings.log_interval:
             self._progress_loop = create_looping_call(self._log_progress)
             self._progress_loop.start(self.settings.log_interval, now=False)
-        if self._leases is not None:
-            self._leases.start_heartbeat(self.settings.lease_timeout / 3)
+        if self.leases is not None:
+            self.leases.start_heartbeat(self.settings.lease_timeout / 3)
+            if self.leases.dupefilter is None:
+                logger.warning(
+                    "DUPEFILTER_CLASS %(filter)s marks a request seen apart from queueing it: a "
+                    "worker killed between the two loses that request. Use "
+                    "scrapy_redis.dupefilter.RFPDupeFilter, with the add-on.",
+                    {"filter": object_path(self.crawler.settings.get("DUPEFILTER_CLASS"))},
+                )
         elif shares_a_scheduler(self.crawler.settings):
             logger.warning(
                 "SCHEDULER_QUEUE_CLASS %(queue)s is not a queue scrapy-checkpoint can lease: a worker "
@@ -482,18 +503,11 @@ class CheckpointExtension:
             self._load_reseed_chunk()
 
     def spider_idle(self) -> None:
-        if self._leases is not None:
+        if self.leases is not None:
             # Released leases need their batch saved first; and while another worker holds
             # a lease, its request may yet come back to the queue.
             self._flush_soon()
-            if self._leases.outstanding():
-                raise DontCloseSpider
-            # An empty queue is over only if it stays so until the next idle check: scrapy-redis
-            # marks a request seen, then pushes it (two calls), and a worker starting between
-            # the two finds nothing at all.
-            granted = self.stats.get_value("checkpoint/leases/granted", 0)
-            if granted != self._idle_granted:
-                self._idle_granted = granted
+            if self.leases.outstanding():
                 raise DontCloseSpider
         if not self._reseed_done or self._reseed_chunk:
             held = self.spider_checkpoint
@@ -511,7 +525,7 @@ class CheckpointExtension:
     # Recording
 
     def request_scheduled(self, request: Request, spider: Spider) -> None:
-        if self._leases is not None and LEASE_META in request.meta:
+        if self.leases is not None and LEASE_META in request.meta:
             # A retry or a redirect of a leased request: once this one is in the queue, the
             # lease of the one it replaces is released.
             self._batch.leases.append(request.meta.pop(LEASE_META))
@@ -617,15 +631,24 @@ class CheckpointExtension:
             self._unfinished += 1
             self.stats.inc_value("checkpoint/pending/item_error")
             return
-        if work.scraped:
-            self._record_items(work.scraped)
-        self.processed(work.request)
+        self.processed(work.request, work.scraped)
 
-    def processed(self, request: Request) -> None:
-        """Record *request* as done: everything it produced is recorded already."""
+    def processed(self, request: Request, scraped: Sequence[Any] = ()) -> None:
+        """Record *request* as done with the items it *scraped*: everything else it produced
+        is recorded already. A leased request waits for the next flush, which records it only
+        if its lease is still this worker's."""
+        if self.leases is not None and LEASE_META in request.meta:
+            self._unconfirmed.append((request, scraped))
+            self._added()
+            return
+        self._record_processed(request, scraped)
+
+    def _record_processed(self, request: Request, scraped: Sequence[Any]) -> None:
+        if scraped:
+            self._record_items(scraped)
         batch = self._batch
         batch.processed.append(self.fingerprint(request))
-        if self._leases is not None and LEASE_META in request.meta:
+        if self.leases is not None and LEASE_META in request.meta:
             batch.leases.append(request.meta[LEASE_META])
         step = request.meta.get("checkpoint_step") or self._steps.get(
             getattr(request.callback, "__name__", None) or "parse", 0
@@ -731,6 +754,7 @@ class CheckpointExtension:
         cid = self.checkpoint.checkpoint_id
         try:
             while True:
+                await self._confirm_leased()
                 self._take_batch()
                 if not self._unflushed:
                     return True
@@ -756,6 +780,7 @@ class CheckpointExtension:
                     self._unflushed.popleft()
                     if lost:
                         self._count_leases("lost", len(lost))
+                        self._count_leases("saved_late", len(lost))
                     self.metrics.flushed(seconds, storage_ratio)
                     self.runs.flushed(seconds)
                     self.stats.inc_value("checkpoint/flushes")
@@ -766,6 +791,28 @@ class CheckpointExtension:
         finally:
             self._flushing = None
             self.metrics.buffered(sum(len(b) for b in self._unflushed))
+
+    async def _confirm_leased(self) -> None:
+        """Fencing: record the leased requests done since the last flush whose leases are
+        still this worker's, their deadlines pushed back so that they stay so until the apply
+        releases them. The others (this worker was stopped or cut off past its lease timeout)
+        are another worker's now: their processed marks and items are dropped, not recorded
+        twice."""
+        pages, self._unconfirmed = self._unconfirmed, []
+        if not pages:
+            return
+        try:
+            lost = set(await run_in_thread(self.leases.confirm, [r.meta[LEASE_META] for r, _ in pages]))
+        except Exception as exc:
+            self._unconfirmed[:0] = pages  # recorded by a later flush, or done by another worker
+            self._warn_once("lease_error", exc, "Leases of the scrapy-redis queue were not renewed")
+            return
+        self._events -= len(pages)  # counted again as they are recorded
+        for request, scraped in pages:
+            if request.meta[LEASE_META] not in lost:
+                self._record_processed(request, scraped)
+        if lost:
+            self._count_leases("fenced", len(lost))
 
     def _apply(self, cid: str, batch: Batch, ttl: float) -> tuple[float, float | None, list[str]]:
         """Apply *batch*, then release its leases; return how long the store took, its storage
@@ -778,7 +825,7 @@ class CheckpointExtension:
         seconds = time.perf_counter() - started
         # After the apply: a worker killed between the two leaves leases that expire, and
         # their requests are done again (their processed marks are saved already).
-        lost = self._leases.ack(batch.leases) if batch.leases else []
+        lost = self.leases.ack(batch.leases) if batch.leases else []
         return seconds, self.metrics.measure_storage(self.store), lost
 
     def _lost_by_store(self) -> None:
@@ -804,8 +851,8 @@ class CheckpointExtension:
         for loop in (self._loop, self._progress_loop):
             if loop is not None and loop.running:
                 loop.stop()
-        if self._leases is not None:
-            self._leases.stop_heartbeat()
+        if self.leases is not None:
+            self.leases.stop_heartbeat()
         if reason == CHECKPOINT_ERROR:
             self._exit_non_zero()
         if self.checkpoint is None:
@@ -814,6 +861,7 @@ class CheckpointExtension:
             return
         while self._flushing is not None:
             await maybe_deferred_to_future(self._flushing)
+        await self._confirm_leased()
         if reason == "finished" and self._unfinished:
             logger.error(
                 "Checkpoint %(id)s: %(n)d requests stay pending because an item pipeline raised on "

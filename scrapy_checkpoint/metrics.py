@@ -91,7 +91,8 @@ class CheckpointMetrics:
 
     def leases(self, event: str, count: int) -> None:
         """scrapy-redis leases: *count* were granted, reclaimed (expired ones put back in the
-        queue) or lost (this worker's own, expired before it renewed them). Any thread."""
+        queue), lost (this worker's own, expired before it renewed them), fenced (requests done
+        under a lost lease, not recorded) or saved_late (recorded while it was lost). Any thread."""
 
     def flushed(self, seconds: float, storage_ratio: float | None) -> None:
         """A batch was applied in *seconds*; *storage_ratio* from :meth:`measure_storage`."""
@@ -192,7 +193,9 @@ class PrometheusCheckpointMetrics(CheckpointMetrics):
         self.lease_events = prom.Counter(
             "scrapy_checkpoint_leases",
             "Leases of a shared scrapy-redis queue, by event: granted, reclaimed (expired ones put "
-            "back in the queue) or lost (this worker's own, expired before it renewed them).",
+            "back in the queue), lost (this worker's own, expired before it renewed them), fenced "
+            "(requests done under a lost lease, not recorded) or saved_late (recorded as the "
+            "lease was lost).",
             (*job, "event"), registry=registry,
         )
         self._push = prom.push_to_gateway
