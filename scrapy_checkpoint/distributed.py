@@ -30,11 +30,15 @@ except ImportError as exc:
     raise ImportError("Leased scrapy-redis queues need scrapy-redis: pip install scrapy-redis") from exc
 
 from .extension import LEASE_META, CheckpointExtension
+from .models import utcnow
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from scrapy import Request, Spider
+
+    from .models import Checkpoint
+    from .stores import CheckpointStore
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +195,8 @@ class LeaseMixin:
         self.leasing = extension is not None and not extension.misconfigured
         if self.leasing:
             extension.use_leases(self)
+            if extension.store.shared:
+                extension.worker = CheckpointWorker(extension.store, self)
 
     def push(self, request: Request) -> None:
         if self.dupefilter is None:
@@ -298,6 +304,57 @@ class LeaseMixin:
     def clear(self) -> None:
         super().clear()  # type: ignore[misc]
         self.server.delete(*self.lease_keys, f"{self.key}:lease:seq")
+
+
+class CheckpointWorker:
+    """This process among the workers of a crawl that share one checkpoint (a store that can
+    share one: Redis). Every third of ``CHECKPOINT_LEASE_TIMEOUT`` it tells the store it is
+    alive, with the leases it holds, which keeps the job's claim on the checkpoint (workers
+    that start meanwhile join it) and is what ``scrapy checkpoint show`` lists.
+    """
+
+    def __init__(self, store: CheckpointStore, queue: LeaseMixin) -> None:
+        self.store: Any = store
+        self.queue = queue
+        #: The queue's worker id: its leases' tokens start with it.
+        self.name = queue.worker
+        self.started_at = utcnow().isoformat()
+        self.checkpoint: Checkpoint | None = None
+        self.run = 0
+        #: Told of a heartbeat that failed (the next one tries again); set by the extension.
+        self.beat_failed: Callable[[Exception], None] = lambda exc: None
+        self._loop: Any = None
+        self._beating: Any = None
+
+    def info(self, status: str) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "run": self.run, "started_at": self.started_at,
+                "leases": len(self.queue.held), "status": status}
+
+    def beat(self, live: float, ttl: float, status: str = "running") -> bool:
+        """Blocking: call it from a worker thread."""
+        assert self.checkpoint is not None
+        return self.store.beat(self.checkpoint, self.name, self.info(status), live, ttl)
+
+    def start(self, checkpoint: Checkpoint, run: int, live: float, ttl: float) -> None:
+        self.checkpoint, self.run = checkpoint, run
+        self._loop = create_looping_call(self._beat_soon, live, ttl)
+        self._loop.start(live / 3, now=True)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def _beat_soon(self, live: float, ttl: float) -> None:
+        if self._beating is None:
+            self._beating = deferred_from_coro(self._beat_off_the_reactor(live, ttl))
+
+    async def _beat_off_the_reactor(self, live: float, ttl: float) -> None:
+        try:
+            await run_in_thread(self.beat, live, ttl)
+        except Exception as exc:
+            self.beat_failed(exc)
+        finally:
+            self._beating = None
 
 
 class LeasedRFPDupeFilter(RFPDupeFilter):

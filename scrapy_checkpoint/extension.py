@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -155,6 +156,9 @@ class CheckpointExtension:
         self._progress_loop: Any = None
         #: The scrapy-redis queue that leases what it pops (distributed.LeaseMixin), if any.
         self.leases: Any = None
+        #: This process as one of the workers sharing the checkpoint (distributed.CheckpointWorker),
+        #: when the queue leases and the store can share one.
+        self.worker: Any = None
         #: Leased requests done since the last flush, with the items they scraped: recorded
         #: by the flush if their leases are still this worker's (_confirm_leased).
         self._unconfirmed: list[tuple[Request, Sequence[Any]]] = []
@@ -312,6 +316,10 @@ class CheckpointExtension:
             self._progress_loop.start(self.settings.log_interval, now=False)
         if self.leases is not None:
             self.leases.start_heartbeat(self.settings.lease_timeout / 3)
+            if self.worker is not None:
+                self.worker.beat_failed = lambda exc: self._warn_once(
+                    "worker_error", exc, "This worker could not tell the checkpoint store it is alive")
+                self.worker.start(checkpoint, self.runs.run.number, self.settings.lease_timeout, self.settings.ttl)
             if self.leases.dupefilter is None:
                 logger.warning(
                     "DUPEFILTER_CLASS %(filter)s marks a request seen apart from queueing it: a "
@@ -345,6 +353,8 @@ class CheckpointExtension:
         )
 
     async def _load_or_create(self, spider: Spider) -> tuple[Checkpoint, bool]:
+        if self.worker is not None:
+            return await self._join(spider), False
         name, site, job = self._identity(spider)
         settings = self.settings
         found: Checkpoint | None
@@ -383,14 +393,68 @@ class CheckpointExtension:
         )
         return checkpoint, False
 
-    def _new_checkpoint(self, spider: Spider) -> Checkpoint:
+    def _new_checkpoint(self, spider: Spider, checkpoint_id: str | None = None) -> Checkpoint:
         name, site, job = self._identity(spider)
-        checkpoint = Checkpoint.new(ttl=self.settings.ttl, spider=name, site_domain=site, job_type=job)
+        fields = {} if checkpoint_id is None else {"checkpoint_id": checkpoint_id}
+        checkpoint = Checkpoint.new(ttl=self.settings.ttl, spider=name, site_domain=site, job_type=job, **fields)
         self.runs.begin(checkpoint)
         if self._feeds is not None:
-            checkpoint.pipeline_data.outputs = self._feeds.initial_state(
-                spider, checkpoint.checkpoint_id, self.settings.directory
+            outputs = self._feeds.initial_state(spider, self._feeds_key(checkpoint), self.settings.directory)
+            if self.worker is None:
+                checkpoint.pipeline_data.outputs = outputs
+        return checkpoint
+
+    def _feeds_key(self, checkpoint: Checkpoint) -> str:
+        """Where feeds held for delivery live under CHECKPOINT_DIR/feeds/: each worker sharing
+        a checkpoint has its own."""
+        if self.worker is None:
+            return checkpoint.checkpoint_id
+        return f"{checkpoint.checkpoint_id}/{self.worker.name.replace(':', '-')}"
+
+    async def _join(self, spider: Spider) -> Checkpoint:
+        """One of scrapy-redis's workers: the checkpoint the job's live workers write to, else
+        (CHECKPOINT_RESUME) the newest resumable one of the job, else a new one. Its requests
+        are in scrapy-redis's queue: nothing is restored; this worker's feeds start anew."""
+        started = time.perf_counter()
+        name, site, job = self._identity(spider)
+        settings = self.settings
+        take = None
+        if settings.resume:
+            found = await run_in_thread(self.store.find_resumable, name, site, job)
+            take = None if found is None else found.checkpoint_id
+        checkpoint_id, how = await run_in_thread(
+            self.store.claim, name, site, job, str(uuid.uuid4()), take, settings.lease_timeout
+        )
+        if how == "created":
+            checkpoint = self._new_checkpoint(spider, checkpoint_id)
+            await run_in_thread(self.store.create, checkpoint)
+            logger.info(
+                "Checkpoint %(id)s started in %(store)s by worker %(worker)s; workers of %(spider)s "
+                "(%(site)s, %(job)s) that start while it runs share it",
+                {"id": checkpoint_id, "store": self.store.describe(), "worker": self.worker.name,
+                 "spider": name, "site": site, "job": job},
             )
+            return checkpoint
+        # The worker that created it may still be writing its record.
+        deadline = time.monotonic() + settings.lease_timeout
+        while (checkpoint := await run_in_thread(self.store.get, checkpoint_id)) is None:
+            if time.monotonic() > deadline:
+                raise CheckpointError(
+                    f"Checkpoint {checkpoint_id}, claimed by a worker of {name} ({site}, {job}), was not "
+                    f"written to {self.store.describe()} within CHECKPOINT_LEASE_TIMEOUT "
+                    f"({settings.lease_timeout:g} s): that worker died as it started. Start this one again."
+                )
+            await sleep(0.05)
+        number = await run_in_thread(self.store.next_run, checkpoint_id)
+        self.runs.begin(checkpoint, number=number,
+                        resume_seconds=time.perf_counter() - started if how == "taken" else None)
+        if self._feeds is not None:
+            self._feeds.initial_state(spider, self._feeds_key(checkpoint), settings.directory)
+        logger.info(
+            "Worker %(worker)s %(how)s checkpoint %(id)s in %(store)s (run %(run)d)",
+            {"worker": self.worker.name, "how": "joined" if how == "joined" else "took over",
+             "id": checkpoint_id, "store": self.store.describe(), "run": number},
+        )
         return checkpoint
 
     def _find_feeds(self) -> CheckpointFeedExporter | None:
@@ -696,6 +760,8 @@ class CheckpointExtension:
         batch = self._batch
         if status is not None:
             batch.status = status
+        if self.worker is not None:
+            batch.writer = self.worker.name
         batch.state = self._state_snapshot()
         if self._feeds is not None:
             batch.outputs = self._feeds.snapshot()
@@ -853,6 +919,8 @@ class CheckpointExtension:
                 loop.stop()
         if self.leases is not None:
             self.leases.stop_heartbeat()
+        if self.worker is not None:
+            self.worker.stop()
         if reason == CHECKPOINT_ERROR:
             self._exit_non_zero()
         if self.checkpoint is None:
@@ -904,6 +972,11 @@ class CheckpointExtension:
                 "will redo the requests they describe",
                 {"id": self.checkpoint.checkpoint_id, "lost": lost, "store": self.store.describe()},
             )
+        if self.worker is not None:
+            try:
+                await run_in_thread(self.worker.beat, self.settings.lease_timeout, ttl, reason)
+            except Exception as exc:
+                self._warn_once("worker_error", exc, "This worker could not tell the checkpoint store it closed")
         await run_in_thread(self.store.close)
         await self.metrics.close()
 

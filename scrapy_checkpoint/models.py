@@ -95,11 +95,15 @@ class CheckpointRun(_Model):
     pages: int = Field(0, ge=0)
     items: int = Field(0, ge=0)
 
-    def outcome(self, last: bool) -> str:
+    def outcome(self, last: bool, alive: bool | None = None) -> str:
         """How the run ended: its close reason, ``killed`` when a later run started without it
-        closing, ``running`` for the last run with no end recorded (or killed, until resumed)."""
+        closing, ``running`` for the last run with no end recorded (or killed, until resumed).
+        Runs of workers sharing a checkpoint run side by side: *alive* says whether its
+        worker still is."""
         if self.ended_at is not None:
             return self.close_reason or "closed"
+        if alive is not None:
+            return "running" if alive else "killed"
         return "running" if last else "killed"
 
 
@@ -178,6 +182,9 @@ class Batch:
     #: ignore them): the requests they hold are processed, or back in the queue.
     leases: list[str] = field(default_factory=list)
     status: CheckpointStatus | None = None
+    #: The worker that wrote it, when several share the checkpoint (stores that can share
+    #: one keep its seq, feeds and spider state apart from the others').
+    writer: str | None = None
 
     def __len__(self) -> int:
         return len(self.discovered) + len(self.processed) + sum(self.item_counts.values())

@@ -36,15 +36,19 @@ class CheckpointRunRecorder:
         self._logged_at = time.monotonic()
 
     def begin(
-        self, checkpoint: Checkpoint, resume_seconds: float | None = None, refused: str | None = None
+        self, checkpoint: Checkpoint, resume_seconds: float | None = None, refused: str | None = None,
+        number: int | None = None,
     ) -> CheckpointRun:
         """Start this process's run of *checkpoint* (resumed when *resume_seconds* is given)
-        and add it to the record's runs."""
+        and add it to the record's runs, numbered one more than the last (or *number*: the
+        store's, for one of several workers beginning at once)."""
         now = utcnow()
         data = checkpoint.pipeline_data
         resumed = resume_seconds is not None or refused is not None
+        if number is None:
+            number = checkpoint.runs[-1].number + 1 if checkpoint.runs else 1
         run = CheckpointRun(
-            number=checkpoint.runs[-1].number + 1 if checkpoint.runs else 1,
+            number=number,
             started_at=now,
             updated_at=now,
             host=socket.gethostname(),

@@ -286,13 +286,21 @@ class CheckpointSettings:
         prometheus_port, prometheus_address, prometheus_pushgateway = _prometheus(settings)
         redis_url = _optional_str(settings, "CHECKPOINT_REDIS_URL")
         resume = _bool(settings, "CHECKPOINT_RESUME") or checkpoint_id is not None
-        if resume and shares_a_scheduler(settings):
-            # Several workers resuming one checkpoint would overwrite each other's batches.
+        mongo_uri = _optional_str(settings, "CHECKPOINT_MONGO_URI")
+        if checkpoint_id is not None and shares_a_scheduler(settings):
             raise ValueError(
-                f"CHECKPOINT_RESUME (True) cannot be used when SCHEDULER is {REDIS_SCHEDULER}: the "
-                "crawl's queue, its dupefilter and the leases of dead workers are in Redis already "
-                "(SCHEDULER_PERSIST = True). Start the workers again without CHECKPOINT_RESUME or "
-                "CHECKPOINT_ID: each begins a checkpoint of its own, and the crawl goes on."
+                f"CHECKPOINT_ID ({checkpoint_id!r}) cannot be used when SCHEDULER is {REDIS_SCHEDULER}: "
+                "the workers of a crawl share the checkpoint their job's live workers write to. Start "
+                "them with -s CHECKPOINT_RESUME=1 to go on with the newest resumable one."
+            )
+        if resume and shares_a_scheduler(settings) and mongo_uri is not None:
+            # Several workers resuming one checkpoint of the hybrid store would overwrite each
+            # other's batches: there each worker has a checkpoint of its own.
+            raise ValueError(
+                f"CHECKPOINT_RESUME (True) cannot be used when SCHEDULER is {REDIS_SCHEDULER} with "
+                "CHECKPOINT_MONGO_URI set: only the Redis store alone shares one checkpoint among "
+                "the workers. Start the workers again without CHECKPOINT_RESUME (the crawl's queue, "
+                "dupefilter and leases are in Redis: it goes on), or drop CHECKPOINT_MONGO_URI."
             )
         if redis_url is None and shares_a_scheduler(settings):
             raise ValueError(
@@ -321,7 +329,7 @@ class CheckpointSettings:
             store_timeout=_positive(settings, "CHECKPOINT_STORE_TIMEOUT", float, "number of seconds"),
             redis_url=redis_url,
             redis_prefix=prefix,
-            mongo_uri=_optional_str(settings, "CHECKPOINT_MONGO_URI"),
+            mongo_uri=mongo_uri,
             mongo_database=database,
             archive_ttl=_seconds_or_zero(settings, "CHECKPOINT_ARCHIVE_TTL", "keep forever"),
             log_interval=_seconds_or_zero(settings, "CHECKPOINT_LOG_INTERVAL", "no progress line"),

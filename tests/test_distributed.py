@@ -11,6 +11,7 @@ from scrapy import Request, Spider
 from scrapy.utils.test import get_crawler
 
 from scrapy_checkpoint import Addon
+from scrapy_checkpoint.models import CheckpointStatus
 from scrapy_checkpoint.distributed import (
     LEASE_META,
     LeasedFifoQueue,
@@ -228,6 +229,79 @@ def test_shared_scheduler_needs_a_shared_store():
         CheckpointSettings.from_settings(settings)
 
 
+# One checkpoint shared by the workers: the Redis store's side of it.
+
+
+@pytest.fixture
+def store(redis_url):
+    from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+
+    store = RedisCheckpointStore(redis_url)
+    store.open()
+    yield store
+    store.close()
+
+
+def test_workers_of_a_job_claim_one_checkpoint(store):
+    from tests import new_checkpoint
+
+    job = ("products", "shop.test", "product_catalog")
+    assert store.claim(*job, "a", None, 60) == ("a", "created")
+    # A worker starting before the first has written the record joins it all the same.
+    assert store.claim(*job, "b", None, 60) == ("a", "joined")
+    assert store.claim("products", "other.test", "product_catalog", "c", None, 60) == ("c", "created")
+    first = new_checkpoint(checkpoint_id="a")
+    store.create(first)
+    assert store.claim(*job, "d", "old", 60) == ("a", "joined")  # live workers come first
+    first.status = CheckpointStatus.COMPLETED
+    store.create(first)
+    assert store.claim(*job, "e", None, 60) == ("e", "created")  # a finished crawl is not joined
+
+
+def test_without_a_live_worker_the_claim_lapses_and_can_be_taken_over(store):
+    from tests import new_checkpoint
+
+    job = ("products", "shop.test", "product_catalog")
+    checkpoint = new_checkpoint(checkpoint_id="a")
+    store.create(checkpoint)
+    assert store.claim(*job, "a", None, 0.001) == ("a", "created")
+    deadline = time.monotonic() + PATIENCE
+    while store.client.exists(store._pointer(*job)):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert store.claim(*job, "b", "a", 60) == ("a", "taken")
+    # Beats keep it: a worker starting now joins.
+    assert store.beat(checkpoint, "w1", {"leases": 2}, 60, 3600)
+    assert store.claim(*job, "c", None, 60) == ("a", "joined")
+    (info,) = store.workers("a").values()
+    assert info["leases"] == 2 and 0 <= info["age"] < 5
+    # Another checkpoint took the job's claim: a worker of the old one is told so.
+    store.client.set(store._pointer(*job), "z")
+    assert not store.beat(checkpoint, "w1", {"leases": 0}, 60, 3600)
+
+
+def test_batches_of_workers_sharing_a_checkpoint_all_count(store):
+    from tests import batch, discovered, fp, new_checkpoint, run
+
+    checkpoint = new_checkpoint(checkpoint_id="a", runs=[run(1)])
+    store.create(checkpoint)
+    # Each worker numbers its batches from 1: both apply, a repeat of either does not.
+    store.apply("a", batch(1, writer="w1", discovered=[discovered(1), discovered(2)], item_counts={"Item": 1},
+                           outputs=[{"path": "one.jsonl", "length": 10}], state={"seen": 1}), 3600)
+    store.apply("a", batch(1, writer="w2", discovered=[discovered(3)], processed=[fp(1)], item_counts={"Item": 2},
+                           outputs=[{"path": "two.jsonl", "length": 20}], state={"other": 2}), 3600)
+    store.apply("a", batch(1, writer="w2", processed=[fp(2)]), 3600)
+    store.apply("a", batch(2, writer="w1", processed=[fp(2)]), 3600)
+    got = store.get("a")
+    data = got.pipeline_data
+    assert (data.urls_discovered, data.urls_processed, data.extraction_results.items_scraped) == (3, 2, 3)
+    assert got.seq == 3  # batches applied, of all workers
+    assert sorted((o["worker"], o["path"], o["length"]) for o in data.outputs) == [
+        ("w1", "one.jsonl", 10), ("w2", "two.jsonl", 20)]
+    assert data.state == {"seen": 1, "other": 2}
+    assert store.next_run("a") == 2 and store.next_run("a") == 3  # run 1 is the creator's
+
+
 # End to end: scrapy-redis workers, real `scrapy crawl` processes.
 
 PRODUCTS = 300
@@ -236,7 +310,7 @@ PRODUCTS = 300
 LEASE_TIMEOUT = 4.0
 
 
-def worker_command(url, redis_url, items_file):
+def worker_command(url, redis_url, items_file, **extra):
     import demo_support
 
     settings = {
@@ -249,6 +323,7 @@ def worker_command(url, redis_url, items_file):
         "CHECKPOINT_FLUSH_INTERVAL": 0.5,
         "CHECKPOINT_BATCH_SIZE": 100,
         "CONCURRENT_REQUESTS": 4,
+        **extra,
     }
     return demo_support.crawl_command(url, items_file, settings)
 
@@ -261,7 +336,7 @@ class Workers:
         self.directory, self.url, self.redis_url = directory, url, redis_url
         self.processes = []
 
-    def start(self, count):
+    def start(self, count, **settings):
         import subprocess
 
         import demo_support
@@ -270,7 +345,7 @@ class Workers:
             n = len(self.processes)
             with open(self.directory / f"worker-{n}.log", "wb") as out:
                 self.processes.append(subprocess.Popen(
-                    worker_command(self.url, self.redis_url, self.directory / f"items-{n}.jsonl"),
+                    worker_command(self.url, self.redis_url, self.directory / f"items-{n}.jsonl", **settings),
                     cwd=demo_support.PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 ))
 
@@ -330,19 +405,60 @@ class Workers:
                 process.kill()
                 process.wait()
 
-    def saved_feed(self, n):
-        """What a killed worker's feed holds up to the length its checkpoint saved: a tail
-        after it belongs to pages it did not save, which other workers did again."""
+    def checkpoint_of(self, n):
+        """The id of the checkpoint worker *n* wrote to, and the worker's id."""
+        found = re.search(r"Checkpoint (\S+) started in \S+ by worker (\S+);", self.log(n))
+        if found:
+            return found.groups()
+        worker, checkpoint_id = re.search(r"Worker (\S+) (?:joined|took over) checkpoint (\S+) ", self.log(n)).groups()
+        return checkpoint_id, worker
+
+    def checkpoint(self):
+        """The checkpoint every worker wrote to, and its workers."""
         from scrapy_checkpoint.stores.redis import RedisCheckpointStore
 
-        checkpoint_id = re.search(r"Checkpoint (\S+) started in", self.log(n)).group(1)
+        (checkpoint_id,) = {self.checkpoint_of(n)[0] for n in range(len(self.processes))}
         store = RedisCheckpointStore(self.redis_url)
         store.open()
         try:
-            (feed,) = store.get(checkpoint_id).pipeline_data.outputs
+            return store.get(checkpoint_id), store.workers(checkpoint_id)
         finally:
             store.close()
+
+    def saved_feed(self, n):
+        """What a killed worker's feed holds up to the length its checkpoint saved: a tail
+        after it belongs to pages it did not save, which other workers did again."""
+        checkpoint, _ = self.checkpoint()
+        worker = self.checkpoint_of(n)[1]
+        (feed,) = [entry for entry in checkpoint.pipeline_data.outputs if entry["worker"] == worker]
         return (self.directory / f"items-{n}.jsonl").read_bytes()[: feed["length"]]
+
+    def check_shared_checkpoint(self, killed):
+        """The workers' one checkpoint completed with nothing pending; it lists them all, the
+        killed ones as last seen running."""
+        checkpoint, workers = self.checkpoint()
+        data = checkpoint.pipeline_data
+        assert checkpoint.status is CheckpointStatus.COMPLETED, checkpoint
+        assert data.urls_discovered == data.urls_processed > PRODUCTS, data
+        assert data.extraction_results.items_scraped >= PRODUCTS
+        statuses = {workers[self.checkpoint_of(n)[1]]["status"] for n in killed}
+        assert statuses <= {"running"}, workers
+        closed = [n for n in range(len(self.processes)) if n not in killed]
+        assert {workers[self.checkpoint_of(n)[1]]["status"] for n in closed} == {"finished"}, workers
+        assert len({run.number for run in checkpoint.runs}) == len(self.processes)
+        # `scrapy checkpoint show` lists the workers; the runs of the killed ones were killed.
+        from tests.test_commands import scrapy_checkpoint
+
+        extra = {"CHECKPOINT_REDIS_URL": self.redis_url, "CHECKPOINT_LEASE_TIMEOUT": LEASE_TIMEOUT}
+        shown = scrapy_checkpoint(self.directory, "show", checkpoint.checkpoint_id, "--json", extra=extra).json()
+        assert {w["worker"]: w["alive"] for w in shown["workers"]} == {
+            self.checkpoint_of(n)[1]: False for n in range(len(self.processes))}
+        killed_runs = {workers[self.checkpoint_of(n)[1]]["run"] for n in killed}
+        assert {r["number"]: r["outcome"] for r in shown["runs"]} == {
+            r.number: "killed" if r.number in killed_runs else "finished" for r in checkpoint.runs}
+        text = scrapy_checkpoint(self.directory, "show", checkpoint.checkpoint_id, extra=extra).stdout
+        assert f"{len(self.processes)} workers, 0 alive" in text, text
+        assert text.count(" gone ") == len(killed), text
 
     def summary(self, killed, shop_log, products):
         import demo_support
@@ -386,24 +502,34 @@ def test_a_killed_worker_loses_nothing(workers, server):
     assert summary["duplicates"] <= 100, summary
     assert "'checkpoint/leases/reclaimed'" in "".join(group.log(n) for n in others)
     assert (server.zcard("products:requests:lease:deadlines"), server.zcard("products:requests")) == (0, 0)
+    group.check_shared_checkpoint({dead})
 
 
 @pytest.mark.e2e
 def test_all_workers_killed_then_started_again_lose_nothing(workers, server):
-    """All three SIGKILLed mid-crawl, three new ones started (no CHECKPOINT_RESUME): the queue,
-    the dupefilter and the dead workers' leases are in Redis; the new workers finish the crawl."""
+    """All three SIGKILLed mid-crawl, three new ones started with CHECKPOINT_RESUME: the queue,
+    the dupefilter and the dead workers' leases are in Redis; the new workers go on with the
+    same checkpoint and finish the crawl."""
     group, shop_log = workers
     group.start(3)
     group.wait_for_items([0, 1, 2], PRODUCTS // 3)
     group.stop_one_holding_leases(server)  # so that some work is surely in flight
     group.kill([0, 1, 2])
     assert server.zcard("products:requests:lease:deadlines") > 0
-    group.start(3)
+    # Until the dead workers' claim on their checkpoint lapses: no live worker writes to it,
+    # and only CHECKPOINT_RESUME takes it over.
+    deadline = time.monotonic() + PATIENCE
+    while server.keys("checkpoint:crawl:*"):
+        assert time.monotonic() < deadline, "the claim of the dead workers did not lapse"
+        time.sleep(0.05)
+    group.start(3, CHECKPOINT_RESUME=True)
     group.finish([3, 4, 5])
     summary = group.summary({0, 1, 2}, shop_log, PRODUCTS)
     assert (summary["lost"], summary["malformed_lines"]) == (0, 0), summary
     assert summary["duplicates"] <= 300, summary
     assert (server.zcard("products:requests:lease:deadlines"), server.zcard("products:requests")) == (0, 0)
+    group.check_shared_checkpoint({0, 1, 2})
+    assert sum("took over checkpoint" in group.log(n) for n in (3, 4, 5)) == 1
 
 
 def stat(log, name):
@@ -441,16 +567,26 @@ def test_a_stopped_worker_loses_its_leases_and_is_told(workers, server):
     fenced, late = stat(text, "checkpoint/leases/fenced"), stat(text, "checkpoint/leases/saved_late")
     assert fenced + late > 0, text[-3000:]
     assert summary["duplicates"] <= late, summary
+    group.check_shared_checkpoint(set())
     assert "'checkpoint/leases/reclaimed'" in "".join(group.log(n) for n in range(3) if n != stopped)
 
 
-def test_shared_scheduler_refuses_a_resume():
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"CHECKPOINT_ID": "abc"}, r"CHECKPOINT_ID \('abc'\) cannot be used when SCHEDULER is "
+                                   r"scrapy_redis\.scheduler\.Scheduler: .* CHECKPOINT_RESUME=1"),
+        ({"CHECKPOINT_RESUME": True, "CHECKPOINT_MONGO_URI": "mongodb://h"},
+         r"CHECKPOINT_RESUME \(True\) cannot be used when SCHEDULER is scrapy_redis\.scheduler\.Scheduler "
+         r"with CHECKPOINT_MONGO_URI set: only the Redis store alone shares"),
+    ],
+)
+def test_shared_scheduler_refuses_what_it_cannot_share(settings, message):
     from scrapy.settings import Settings
 
     from scrapy_checkpoint.settings import CheckpointSettings
 
-    settings = Settings({"CHECKPOINT_ENABLED": True, "CHECKPOINT_RESUME": True, "CHECKPOINT_REDIS_URL": "redis://h",
-                         "SCHEDULER": "scrapy_redis.scheduler.Scheduler"})
-    with pytest.raises(ValueError, match=r"CHECKPOINT_RESUME \(True\) cannot be used when SCHEDULER is "
-                                         r"scrapy_redis\.scheduler\.Scheduler: .* Start the workers again"):
+    settings = Settings({"CHECKPOINT_ENABLED": True, "CHECKPOINT_REDIS_URL": "redis://h",
+                         "SCHEDULER": "scrapy_redis.scheduler.Scheduler", **settings})
+    with pytest.raises(ValueError, match=message):
         CheckpointSettings.from_settings(settings)

@@ -97,14 +97,34 @@ def _pending(checkpoint: Checkpoint) -> int:
     return max(data.urls_discovered - data.urls_processed, 0)
 
 
-def document(checkpoint: Checkpoint) -> dict[str, Any]:
-    """A checkpoint for --json: every field of the record, plus ``urls_pending`` and each
-    run's ``outcome``."""
-    doc = {**checkpoint.model_dump(mode="json"), "urls_pending": _pending(checkpoint)}
+def alive_workers(workers: dict[str, dict[str, Any]], timeout: float) -> dict[str, bool]:
+    """Which workers sharing a checkpoint are alive: running, and seen within the lease
+    timeout (a dead one stops saying so)."""
+    return {name: info.get("status") == "running" and info.get("age", timeout + 1) <= timeout
+            for name, info in workers.items()}
+
+
+def _outcomes(checkpoint: Checkpoint, alive: dict[int, bool]) -> list[str]:
     last = len(checkpoint.runs) - 1
-    for i, run in enumerate(doc["runs"]):
-        run["outcome"] = checkpoint.runs[i].outcome(last=i == last)
+    return [run.outcome(last=i == last, alive=alive.get(run.number)) for i, run in enumerate(checkpoint.runs)]
+
+
+def document(checkpoint: Checkpoint, workers: dict[str, dict[str, Any]] | None = None,
+             timeout: float = 0.0) -> dict[str, Any]:
+    """A checkpoint for --json: every field of the record, plus ``urls_pending``, each run's
+    ``outcome`` and, for one shared by scrapy-redis workers, the ``workers``."""
+    doc = {**checkpoint.model_dump(mode="json"), "urls_pending": _pending(checkpoint)}
+    workers = workers or {}
+    alive = alive_workers(workers, timeout)
+    for run, outcome in zip(doc["runs"], _outcomes(checkpoint, _alive_runs(workers, alive))):
+        run["outcome"] = outcome
+    if workers:
+        doc["workers"] = [{"worker": name, **info, "alive": alive[name]} for name, info in sorted(workers.items())]
     return doc
+
+
+def _alive_runs(workers: dict[str, dict[str, Any]], alive: dict[str, bool]) -> dict[int, bool]:
+    return {info["run"]: alive[name] for name, info in workers.items() if info.get("run")}
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
@@ -151,12 +171,18 @@ def _size(size: int | None) -> str:
     return short if short.endswith("bytes") else f"{short} ({size} bytes)"
 
 
-def show_lines(checkpoint: Checkpoint, store: str, size: int | None) -> list[str]:
+def show_lines(checkpoint: Checkpoint, store: str, size: int | None,
+               workers: dict[str, dict[str, Any]] | None = None, timeout: float = 0.0) -> list[str]:
     """``show`` for people: one field a line, lists indented below their field."""
     data = checkpoint.pipeline_data
     results = data.extraction_results
     status = checkpoint.status.value
-    if checkpoint.resumable:
+    workers = workers or {}
+    alive = alive_workers(workers, timeout)
+    if checkpoint.resumable and workers:
+        status += (f" ({sum(alive.values())} of {_count(len(workers), 'worker')} alive; with none, start "
+                   f"workers with: scrapy crawl {checkpoint.spider} -s CHECKPOINT_RESUME=1)")
+    elif checkpoint.resumable:
         status += f" (resume: scrapy crawl {checkpoint.spider} -s CHECKPOINT_ID={checkpoint.checkpoint_id})"
     by_type = ", ".join(f"{name} {count}" for name, count in sorted(results.by_type.items()))
     fields: list[tuple[str, Any]] = [
@@ -190,14 +216,24 @@ def show_lines(checkpoint: Checkpoint, store: str, size: int | None) -> list[str
     lines.append(f"{'Outputs':<{width}}" + (_count(len(data.outputs), "feed") if data.outputs else "none"))
     if data.outputs:
         lines += table(
-            ("  FEED", "ITEMS", "BYTES", "BATCH"),
+            ("  FEED", "ITEMS", "BYTES", "BATCH", *(("WORKER",) if workers else ())),
             [(f"  {o.get('feed', o.get('uri', '?'))}", o.get("items", "?"), o.get("length", "?"),
-              o.get("batch_id", "?")) for o in data.outputs],
+              o.get("batch_id", "?"), *((o.get("worker", "-"),) if workers else ())) for o in data.outputs],
             right=[1, 2, 3],
+        ).splitlines()
+    if workers:
+        lines.append(f"{'Workers':<{width}}{_count(len(workers), 'worker')}, {sum(alive.values())} alive")
+        lines += table(
+            ("  WORKER", "RUN", "STATUS", "LAST SEEN", "LEASES"),
+            [(f"  {name}", info.get("run", "-"),
+              info.get("status", "?") if alive[name] or info.get("status") != "running" else "gone",
+              f"{info.get('age', 0):.0f} s ago", info.get("leases", "-"))
+             for name, info in sorted(workers.items())],
+            right=[1, 4],
         ).splitlines()
     lines.append(f"{'Runs':<{width}}" + (_count(len(checkpoint.runs), "run") if checkpoint.runs else "none"))
     if checkpoint.runs:
-        lines += run_table(checkpoint).splitlines()
+        lines += run_table(checkpoint, _alive_runs(workers, alive)).splitlines()
     return lines
 
 
@@ -205,17 +241,17 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def run_table(checkpoint: Checkpoint) -> str:
+def run_table(checkpoint: Checkpoint, alive: dict[int, bool] | None = None) -> str:
     """Its runs, oldest first: how each began (resumed from which batch, with how much
-    pending, how fast) and ended, and what it did."""
-    last = len(checkpoint.runs) - 1
+    pending, how fast) and ended, and what it did. *alive*: whether the worker of each run
+    (by number) sharing the checkpoint is."""
     rows = [
         (f"  {run.number}", _when(run.started_at), _when(run.ended_at if run.ended_at else run.updated_at),
-         run.outcome(last=i == last), run.pages, run.items,
+         outcome, run.pages, run.items,
          "-" if run.resumed_from_seq is None else run.resumed_from_seq,
          "-" if run.pending_at_resume is None else run.pending_at_resume,
          _seconds(run.resume_seconds), f"{run.host}:{run.pid}")
-        for i, run in enumerate(checkpoint.runs)
+        for run, outcome in zip(checkpoint.runs, _outcomes(checkpoint, alive or {}))
     ]
     text = table(("  RUN", "STARTED (UTC)", "ENDED/LAST SEEN", "OUTCOME", "PAGES", "ITEMS", "FROM BATCH",
                   "PENDING", "RESUME S", "HOST:PID"), rows, right=[4, 5, 6, 7, 8])
@@ -354,6 +390,9 @@ class Command(ScrapyCommand):
 
     # -- the store -------------------------------------------------------------------------
 
+    #: CHECKPOINT_LEASE_TIMEOUT: a worker sharing a checkpoint not seen for longer is gone.
+    _lease_timeout = 0.0
+
     def _open_store(self, stack: ExitStack) -> CheckpointStore | None:
         """The store the settings select, open; None for an SQLite file that does not exist
         yet (no checkpoint to show, and nothing created by looking)."""
@@ -366,6 +405,7 @@ class Command(ScrapyCommand):
         self._where = "the checkpoint store"
         with self._store_errors():
             checkpoint_settings = CheckpointSettings.from_settings(settings)
+            self._lease_timeout = checkpoint_settings.lease_timeout
             store = store_class(checkpoint_settings).from_checkpoint_settings(checkpoint_settings)
             self._where = store.describe()
             if isinstance(store, SQLiteCheckpointStore) and not store.path.exists():
@@ -443,10 +483,12 @@ class Command(ScrapyCommand):
         assert store is not None
         with self._store_errors():
             size = store.stored_bytes(checkpoint.checkpoint_id)
+            workers = store.workers(checkpoint.checkpoint_id) if store.shared else {}
         if opts.json:
-            _print_json({**document(checkpoint), "stored_bytes": size, "store": self._where})
+            _print_json({**document(checkpoint, workers, self._lease_timeout), "stored_bytes": size,
+                         "store": self._where})
         else:
-            print("\n".join(show_lines(checkpoint, self._where, size)))
+            print("\n".join(show_lines(checkpoint, self._where, size, workers, self._lease_timeout)))
 
     def _stats(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
         sized = []

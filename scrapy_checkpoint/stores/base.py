@@ -39,6 +39,9 @@ class CheckpointStore(ABC):
     name: str = "store"
     #: The crawler's stats collector, set by the extension; None outside a crawl.
     stats: Any = None
+    #: Whether scrapy-redis workers can share one checkpoint in it (see RedisCheckpointStore's
+    #: claim, beat, next_run and workers); in a store that cannot, each worker has its own.
+    shared: bool = False
 
     @classmethod
     @abstractmethod

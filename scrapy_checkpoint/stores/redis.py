@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: The keys of one checkpoint, ``{prefix}:cp:{id}:{kind}``, in the order _APPLY takes them.
-_KINDS = ("record", "requests", "pending", "start", "processed", "items")
+_KINDS = ("record", "requests", "pending", "start", "processed", "items", "workers")
 _PAGE = 1000
 #: Set members per SSCAN round trip: a resume reads every processed fingerprint.
 _SCAN_COUNT = 10_000
@@ -101,15 +101,20 @@ return 1
 # RedisCheckpointStore.apply); then fingerprint, request, start ('1'/'0') per discovered
 # request, one fingerprint per processed request, one JSON [type, fields] per item.
 # Returns 1 when applied, 0 for a batch already applied, -1 when the record is missing.
+# A batch of one of several workers sharing the checkpoint names its writer: its seq, feeds
+# and spider state are that writer's own fields ('seq:<writer>', ...), and 'seq' counts the
+# batches of all.
 _APPLY = _LUA_HELPERS + """
-local record, requests, pending, start, processed, items, index, all = unpack(KEYS)
-local err = check_types({'hash', 'hash', 'zset', 'set', 'set', 'list', 'zset', 'zset'})
+local record, requests, pending, start, processed, items, workers, index, all = unpack(KEYS)
+local err = check_types({'hash', 'hash', 'zset', 'set', 'set', 'list', 'hash', 'zset', 'zset'})
 if err then return err end
 if redis.call('EXISTS', record) == 0 then return -1 end
 local h = cjson.decode(ARGV[1])
-local counters = {'seq', 'urls_discovered', 'urls_processed', 'items_scraped', 'pipeline_step'}
+local own = h.writer and (':' .. h.writer) or ''
+local counters = {'seq' .. own, 'urls_discovered', 'urls_processed', 'items_scraped', 'pipeline_step'}
 for name in pairs(h.item_counts) do table.insert(counters, 'type:' .. name) end
 local values = redis.call('HMGET', record, unpack(counters))
+if h.writer and not values[1] then values[1] = '0' end  -- the writer's first batch
 for i, value in ipairs(values) do
   if (value and not string.match(value, '^%d+$')) or (not value and i <= 5) then
     return redis.error_reply('CORRUPT ' .. record .. ' field ' .. counters[i] .. ' is not a count')
@@ -157,19 +162,20 @@ end
 redis.call('HINCRBY', record, 'items_scraped', scraped)
 for key, page in pairs(h.pagination) do redis.call('HSET', record, 'page:' .. key, page) end
 if h.current_page then redis.call('HSET', record, 'current_page', h.current_page) end
-if h.state then redis.call('HSET', record, 'state', h.state) end
-if h.outputs then redis.call('HSET', record, 'outputs', h.outputs) end
+if h.state then redis.call('HSET', record, 'state' .. own, h.state) end
+if h.outputs then redis.call('HSET', record, 'outputs' .. own, h.outputs) end
 if h.run then redis.call('HSET', record, 'run:' .. h.run_number, h.run) end
 if h.run_forgotten then redis.call('HDEL', record, 'run:' .. h.run_forgotten) end
 if h.pipeline_step > tonumber(values[5]) then redis.call('HSET', record, 'pipeline_step', h.pipeline_step) end
 status = h.status or status
-redis.call('HSET', record, 'status', status, 'seq', h.seq, 'updated_at', h.updated_at)
+redis.call('HSET', record, 'status', status, 'seq' .. own, h.seq, 'updated_at', h.updated_at)
+if h.writer then redis.call('HINCRBY', record, 'seq', 1) end
 if h.expires_at then
   redis.call('HSET', record, 'expires_at', h.expires_at)
 else
   redis.call('HDEL', record, 'expires_at')
 end
-for i = 1, 6 do
+for i = 1, 7 do
   if h.ttl == 0 then redis.call('PERSIST', KEYS[i]) else redis.call('PEXPIRE', KEYS[i], h.ttl) end
 end
 reindex(record, index, job, h.id, status, h.stamp, h.ttl)
@@ -181,7 +187,7 @@ return 1
 # Returns how many of its keys there were. A record of the wrong type goes too: deleting is
 # how a corrupt checkpoint is got rid of.
 _DELETE = """
-for i = 7, 8 do
+for i = 8, 9 do
   local found = redis.call('TYPE', KEYS[i]).ok
   if found ~= 'none' and found ~= 'zset' then
     return redis.error_reply('CORRUPT ' .. KEYS[i] .. ' is a ' .. found .. ', not a zset')
@@ -189,10 +195,63 @@ for i = 7, 8 do
 end
 if redis.call('TYPE', KEYS[1]).ok == 'hash' then
   local member = redis.call('HGET', KEYS[1], '_indexed')
-  if member then redis.call('ZREM', KEYS[7], member) end
+  if member then redis.call('ZREM', KEYS[8], member) end
 end
-redis.call('ZREM', KEYS[8], ARGV[1])
-return redis.call('UNLINK', unpack(KEYS, 1, 6))
+redis.call('ZREM', KEYS[9], ARGV[1])
+return redis.call('UNLINK', unpack(KEYS, 1, 7))
+"""
+
+
+# Workers sharing a checkpoint (scrapy-redis): '{prefix}:crawl:<job>' names the checkpoint the
+# live workers of a job write to, and expires unless one of them renews it.
+#
+# KEYS: that pointer. ARGV: record key prefix ('{prefix}:cp:'), a new checkpoint id, the id
+# of one to take over ('' for none), how long the pointer lives (ms). Returns {id, how}: how
+# is 'joined' (live workers write to it; its record may not be created yet), 'taken' (the
+# one given, which no live worker writes to) or 'created' (the new id: the caller creates it).
+_CLAIM = """
+local pointer, prefix, new, take, live = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local current = redis.call('GET', pointer)
+if current then
+  local status = redis.call('HGET', prefix .. current .. ':record', 'status')
+  if not status or status == 'active' or status == 'failed' then return {current, 'joined'} end
+end
+if take ~= '' then
+  redis.call('SET', pointer, take, 'PX', live)
+  return {take, 'taken'}
+end
+redis.call('SET', pointer, new, 'PX', live)
+return {new, 'created'}
+"""
+
+# KEYS: the pointer, the checkpoint's workers hash. ARGV: checkpoint id, worker, its JSON
+# info, pointer life (ms), the checkpoint's TTL (ms, 0 = none). A live worker keeps the
+# pointer on its checkpoint (sets it again if it lapsed, leaves it if another checkpoint took
+# it); its info gets the server's clock as 'seen_ms'.
+_BEAT = """
+local pointer, workers = KEYS[1], KEYS[2]
+local id, worker, info, live, ttl = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local current = redis.call('GET', pointer)
+if not current or current == id then redis.call('SET', pointer, id, 'PX', live) end
+local t = redis.call('TIME')
+info.seen_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', workers, worker, cjson.encode(info))
+if ttl > 0 then redis.call('PEXPIRE', workers, ttl) end
+return current == false or current == id
+"""
+
+# KEYS: the record. Returns the number of the next run: one more than any so far, unique
+# among workers that begin their runs at once.
+_NEXT_RUN = """
+if redis.call('HEXISTS', KEYS[1], 'runs_next') == 0 then
+  local last = 0
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local n = tonumber(string.match(field, '^run:(%d+)$'))
+    if n and n > last then last = n end
+  end
+  redis.call('HSET', KEYS[1], 'runs_next', last)
+end
+return redis.call('HINCRBY', KEYS[1], 'runs_next', 1)
 """
 
 
@@ -303,6 +362,9 @@ class RedisCheckpointStore(CheckpointStore):
         self._create = client.register_script(_CREATE)
         self._apply = client.register_script(_APPLY)
         self._delete = client.register_script(_DELETE)
+        self._claim = client.register_script(_CLAIM)
+        self._beat = client.register_script(_BEAT)
+        self._next_run = client.register_script(_NEXT_RUN)
         self._client = client
 
     def close(self) -> None:
@@ -347,6 +409,14 @@ class RedisCheckpointStore(CheckpointStore):
             fields = {k.decode(): v.decode() for k, v in raw.items()}
             state = json.loads(fields.get("state", "null"))
             outputs = json.loads(fields.get("outputs", "[]"))
+            # Those of the workers sharing it: each feed tagged with its worker, the spider
+            # states merged (a key several workers set keeps one of their values).
+            for name in sorted(fields):
+                kind, _, writer = name.partition(":")
+                if kind == "outputs" and writer:
+                    outputs += [{**entry, "worker": writer} for entry in json.loads(fields[name])]
+                elif kind == "state" and writer:
+                    state = {**(state or {}), **json.loads(fields[name])}
             runs = [json.loads(v) for _, v in sorted(
                 (int(k[4:]), v) for k, v in fields.items() if k.startswith("run:"))]
         except ValueError as exc:  # not UTF-8, not JSON, or a run field not numbered
@@ -429,6 +499,7 @@ class RedisCheckpointStore(CheckpointStore):
             "current_page": batch.current_page,
             "state": None if batch.state is None else json.dumps(batch.state, default=str),
             "outputs": None if batch.outputs is None else json.dumps(batch.outputs),
+            "writer": batch.writer,
             "run": None if batch.run is None else batch.run.model_dump_json(),
             "run_number": None if batch.run is None else batch.run.number,
             "run_forgotten": None if batch.run is None or batch.run.number <= RUN_HISTORY
@@ -449,6 +520,56 @@ class RedisCheckpointStore(CheckpointStore):
             applied = self._apply(keys=self._keys(checkpoint_id), args=args)
         if applied < 0:
             raise KeyError(f"checkpoint {checkpoint_id} is not in {self.describe()}")
+
+    # Workers sharing a checkpoint (scrapy-redis)
+
+    #: It can be shared by several workers (claim, beat, next_run, workers).
+    shared = True
+
+    def _pointer(self, spider: str, site_domain: str, job_type: str) -> str:
+        return f"{self.prefix}:crawl:{_job(spider, site_domain, job_type)}"
+
+    def claim(self, spider: str, site_domain: str, job_type: str, new_id: str, take: str | None,
+              live: float) -> tuple[str, str]:
+        """The checkpoint this worker of the job writes to: the one live workers write to
+        ('joined'), else *take* ('taken'), else *new_id* ('created'); live workers renew the
+        claim within *live* seconds (:meth:`beat`)."""
+        with self._errors():
+            found, how = self._claim(
+                keys=[self._pointer(spider, site_domain, job_type)],
+                args=[f"{self.prefix}:cp:", new_id, take or "", _ttl_ms(live)],
+            )
+        return found.decode(), how.decode()
+
+    def beat(self, checkpoint: Checkpoint, worker: str, info: dict[str, Any], live: float, ttl: float) -> bool:
+        """*worker* of *checkpoint* is alive (*info*: what ``scrapy checkpoint show`` lists);
+        False when another checkpoint of the job has taken the claim."""
+        pointer = self._pointer(checkpoint.spider, checkpoint.site_domain, checkpoint.job_type)
+        with self._errors(checkpoint.checkpoint_id):
+            return bool(self._beat(
+                keys=[pointer, self._key(checkpoint.checkpoint_id, "workers")],
+                args=[checkpoint.checkpoint_id, worker, json.dumps(info), _ttl_ms(live), _ttl_ms(ttl)],
+            ))
+
+    def next_run(self, checkpoint_id: str) -> int:
+        with self._errors(checkpoint_id):
+            return int(self._next_run(keys=[self._key(checkpoint_id, "record")]))
+
+    def workers(self, checkpoint_id: str) -> dict[str, dict[str, Any]]:
+        """The workers that wrote to the checkpoint, each with its last info and ``age``:
+        seconds since it was last seen, on the Redis server's clock."""
+        with self._errors(checkpoint_id):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(self._key(checkpoint_id, "workers"))
+            pipe.time()
+            raw, (seconds, micros) = pipe.execute()
+        now_ms = seconds * 1000 + micros // 1000
+        found = {}
+        for worker, value in raw.items():
+            info = json.loads(value)
+            info["age"] = max(now_ms - info.get("seen_ms", 0), 0) / 1000
+            found[worker.decode()] = info
+        return found
 
     def processed_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
         yield from self._scan(checkpoint_id, "processed")
