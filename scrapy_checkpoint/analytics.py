@@ -35,7 +35,9 @@ class CheckpointStats:
     resume_seconds: list[float] = field(default_factory=list)
     downtime_seconds: list[float] = field(default_factory=list)
 
-    def add(self, checkpoint: Checkpoint, stored_bytes: int | None) -> None:
+    def add(self, checkpoint: Checkpoint, stored_bytes: int | None, alive: dict[int, bool] | None = None) -> None:
+        """Count *checkpoint*; *alive*: whether the worker of each run (by number) is, for
+        one shared by scrapy-redis workers whose runs go on side by side."""
         self.checkpoints += 1
         if checkpoint.status is CheckpointStatus.ACTIVE:
             self.active += 1
@@ -52,7 +54,7 @@ class CheckpointStats:
         recovered = False
         previous: CheckpointRun | None = None
         for i, run in enumerate(runs):
-            if run.outcome(last=i == len(runs) - 1) == "killed":
+            if run.outcome(last=i == len(runs) - 1, alive=(alive or {}).get(run.number)) == "killed":
                 self.killed += 1
             if run.resumed:
                 self.recoveries += 1
@@ -89,12 +91,13 @@ def _median(values: list[float]) -> float | None:
 
 
 def group_stats(
-    checkpoints: Iterable[tuple[Checkpoint, int | None]],
+    checkpoints: Iterable[tuple[Checkpoint, int | None, dict[int, bool] | None]],
 ) -> tuple[dict[tuple[str, str], CheckpointStats], CheckpointStats]:
-    """Stats per (site domain, job type), sorted, and over all, of (checkpoint, stored bytes)."""
+    """Stats per (site domain, job type), sorted, and over all, of (checkpoint, stored bytes,
+    which of its runs' workers are alive)."""
     groups: dict[tuple[str, str], CheckpointStats] = {}
     total = CheckpointStats()
-    for checkpoint, size in checkpoints:
-        groups.setdefault((checkpoint.site_domain, checkpoint.job_type), CheckpointStats()).add(checkpoint, size)
-        total.add(checkpoint, size)
+    for checkpoint, size, alive in checkpoints:
+        groups.setdefault((checkpoint.site_domain, checkpoint.job_type), CheckpointStats()).add(checkpoint, size, alive)
+        total.add(checkpoint, size, alive)
     return dict(sorted(groups.items())), total

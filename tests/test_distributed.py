@@ -302,6 +302,24 @@ def test_batches_of_workers_sharing_a_checkpoint_all_count(store):
     assert store.next_run("a") == 2 and store.next_run("a") == 3  # run 1 is the creator's
 
 
+def test_runs_of_live_workers_side_by_side_are_not_killed():
+    from scrapy_checkpoint.analytics import CheckpointStats
+    from scrapy_checkpoint.commands.checkpoint import _alive_runs, alive_workers
+    from tests import new_checkpoint, run
+
+    checkpoint = new_checkpoint(runs=[run(1), run(2), run(3)])
+    workers = {"w1": {"run": 1, "status": "running", "age": 1.0},
+               "w2": {"run": 2, "status": "running", "age": 90.0},  # not seen for long: dead
+               "w3": {"run": 3, "status": "running", "age": 0.5}}
+    alive = _alive_runs(workers, alive_workers(workers, 60.0))
+    assert alive == {1: True, 2: False, 3: True}
+    stats = CheckpointStats()
+    stats.add(checkpoint, None, alive)
+    assert stats.killed == 1
+    assert [r.outcome(last=r.number == 3, alive=alive[r.number]) for r in checkpoint.runs] == [
+        "running", "killed", "running"]
+
+
 # End to end: scrapy-redis workers, real `scrapy crawl` processes.
 
 PRODUCTS = 300

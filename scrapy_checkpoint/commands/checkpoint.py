@@ -495,7 +495,12 @@ class Command(ScrapyCommand):
         for checkpoint in self._select(store, opts):
             assert store is not None
             with self._store_errors():
-                sized.append((checkpoint, store.stored_bytes(checkpoint.checkpoint_id)))
+                size = store.stored_bytes(checkpoint.checkpoint_id)
+                alive = None
+                if store.shared and checkpoint.resumable:  # its workers' runs may go on
+                    workers = store.workers(checkpoint.checkpoint_id)
+                    alive = _alive_runs(workers, alive_workers(workers, self._lease_timeout))
+                sized.append((checkpoint, size, alive))
         groups, total = group_stats(sized)
         if opts.json:
             _print_json({
