@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import deque
@@ -21,11 +23,11 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.python.failure import Failure
 
 from ._fingerprints import FingerprintSet
-from ._redact import scrub, secrets_of
+from ._redact import redact_uri, scrub, secrets_of
 from ._serialization import RequestSerializer
 from .exceptions import CheckpointError, CheckpointNotFound, StoreUnavailable
 from .metrics import CheckpointMetrics
-from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest
+from .models import Batch, Checkpoint, CheckpointStatus, DiscoveredRequest, live_workers
 from .outputs.feeds import CheckpointFeedExporter
 from .outputs.keys import forget, remember
 from .runs import CheckpointRunRecorder
@@ -159,6 +161,8 @@ class CheckpointExtension:
         #: This process as one of the workers sharing the checkpoint (distributed.CheckpointWorker),
         #: when the queue leases and the store can share one.
         self.worker: Any = None
+        #: Dead workers whose feeds this one took over, for the next batch.
+        self._took_over: list[str] = []
         #: Leased requests done since the last flush, with the items they scraped: recorded
         #: by the flush if their leases are still this worker's (_confirm_leased).
         self._unconfirmed: list[tuple[Request, Sequence[Any]]] = []
@@ -305,7 +309,7 @@ class CheckpointExtension:
         )
         spider.checkpoint = self.spider_checkpoint  # type: ignore[attr-defined]
         self.stats.set_value("checkpoint/id", checkpoint.checkpoint_id)
-        if resumed:
+        if resumed or self.worker is not None:
             # The run is in the history at once (a run killed before its first flush too),
             # and a failed checkpoint is active again.
             self._flush_soon()
@@ -446,16 +450,44 @@ class CheckpointExtension:
                 )
             await sleep(0.05)
         number = await run_in_thread(self.store.next_run, checkpoint_id)
+        if self._feeds is not None:
+            await self._take_over_feeds(spider, checkpoint)
         self.runs.begin(checkpoint, number=number,
                         resume_seconds=time.perf_counter() - started if how == "taken" else None)
-        if self._feeds is not None:
-            self._feeds.initial_state(spider, self._feeds_key(checkpoint), settings.directory)
         logger.info(
             "Worker %(worker)s %(how)s checkpoint %(id)s in %(store)s (run %(run)d)",
             {"worker": self.worker.name, "how": "joined" if how == "joined" else "took over",
              "id": checkpoint_id, "store": self.store.describe(), "run": number},
         )
         return checkpoint
+
+    async def _take_over_feeds(self, spider: Spider, checkpoint: Checkpoint) -> None:
+        """This worker's feeds, for a checkpoint it joins: where a dead worker of this host
+        left a feed of the same FEEDS entry (a worker started again with the same ``-o``),
+        the file is cut back to what the checkpoint saved of it and goes on from there, as a
+        resume does; the others start anew. A worker of this host is dead when its process
+        is gone, without waiting for its heartbeats to lapse (a restart can be quick)."""
+        assert self._feeds is not None
+        host = socket.gethostname()
+        workers = await run_in_thread(self.store.workers, checkpoint.checkpoint_id)
+        alive = live_workers(workers, self.settings.lease_timeout)
+        ours = {redact_uri(template) for template in self._feeds.feeds}
+        left = {}
+        for entry in checkpoint.pipeline_data.outputs:
+            writer = entry.get("worker", "")
+            writer_host, _, pid = writer.rpartition(":")[0].rpartition(":")
+            if (writer_host == host and entry["feed"] in ours
+                    and not (alive.get(writer, False) and _process_exists(int(pid)))):
+                left[entry["feed"]] = entry
+        key = self._feeds_key(checkpoint)
+        if not left:
+            self._feeds.initial_state(spider, key, self.settings.directory)
+            return
+        self._feeds.resume(spider, key, self.settings.directory, list(left.values()))
+        self._took_over = sorted({entry["worker"] for entry in left.values()})
+        logger.info("Worker %(worker)s goes on with the feeds %(feeds)s of dead worker(s) %(dead)s",
+                    {"worker": self.worker.name, "feeds": ", ".join(sorted(left)),
+                     "dead": ", ".join(self._took_over)})
 
     def _find_feeds(self) -> CheckpointFeedExporter | None:
         exporter = self.crawler.get_extension(FeedExporter)
@@ -762,6 +794,7 @@ class CheckpointExtension:
             batch.status = status
         if self.worker is not None:
             batch.writer = self.worker.name
+            batch.took_over, self._took_over = self._took_over, []
         batch.state = self._state_snapshot()
         if self._feeds is not None:
             batch.outputs = self._feeds.snapshot()
@@ -1001,6 +1034,16 @@ class CheckpointExtension:
     def _scrub(self, exc: Exception) -> str:
         """The exception, named, with any credential of the store URLs hidden."""
         return scrub(f"{type(exc).__name__}: {exc}", self._secrets)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def give_spider_a_checkpoint(spider: Spider) -> None:

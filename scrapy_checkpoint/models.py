@@ -185,6 +185,8 @@ class Batch:
     #: The worker that wrote it, when several share the checkpoint (stores that can share
     #: one keep its seq, feeds and spider state apart from the others').
     writer: str | None = None
+    #: Dead workers whose feeds the writer took over (their saved feed states go).
+    took_over: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.discovered) + len(self.processed) + sum(self.item_counts.values())
@@ -213,6 +215,13 @@ class Batch:
         checkpoint.seq = self.seq
         checkpoint.updated_at = utcnow()
         checkpoint.expires_at = expiry(checkpoint.updated_at, ttl)
+
+
+def live_workers(workers: dict[str, dict[str, Any]], timeout: float) -> dict[str, bool]:
+    """Which workers sharing a checkpoint are alive: running, and seen within the lease
+    *timeout* (a dead one stops saying so)."""
+    return {name: info.get("status") == "running" and info.get("age", timeout + 1) <= timeout
+            for name, info in workers.items()}
 
 
 def merge_run(runs: list[CheckpointRun], run: CheckpointRun) -> list[CheckpointRun]:

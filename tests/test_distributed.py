@@ -304,14 +304,15 @@ def test_batches_of_workers_sharing_a_checkpoint_all_count(store):
 
 def test_runs_of_live_workers_side_by_side_are_not_killed():
     from scrapy_checkpoint.analytics import CheckpointStats
-    from scrapy_checkpoint.commands.checkpoint import _alive_runs, alive_workers
+    from scrapy_checkpoint.commands.checkpoint import _alive_runs
+    from scrapy_checkpoint.models import live_workers
     from tests import new_checkpoint, run
 
     checkpoint = new_checkpoint(runs=[run(1), run(2), run(3)])
     workers = {"w1": {"run": 1, "status": "running", "age": 1.0},
                "w2": {"run": 2, "status": "running", "age": 90.0},  # not seen for long: dead
                "w3": {"run": 3, "status": "running", "age": 0.5}}
-    alive = _alive_runs(workers, alive_workers(workers, 60.0))
+    alive = _alive_runs(workers, live_workers(workers, 60.0))
     assert alive == {1: True, 2: False, 3: True}
     stats = CheckpointStats()
     stats.add(checkpoint, None, alive)
@@ -353,24 +354,30 @@ class Workers:
     def __init__(self, directory, url, redis_url):
         self.directory, self.url, self.redis_url = directory, url, redis_url
         self.processes = []
+        #: The feed of each worker: items-<n>.jsonl, n its own number or the one it replaced.
+        self.feeds = []
 
-    def start(self, count, **settings):
+    def start(self, count, replacing=None, **settings):
+        """Start *count* workers, or one with the feed of worker *replacing* (the same
+        command again)."""
         import subprocess
 
         import demo_support
 
         for _ in range(count):
             n = len(self.processes)
+            feed = self.directory / f"items-{n if replacing is None else replacing}.jsonl"
             with open(self.directory / f"worker-{n}.log", "wb") as out:
                 self.processes.append(subprocess.Popen(
-                    worker_command(self.url, self.redis_url, self.directory / f"items-{n}.jsonl", **settings),
+                    worker_command(self.url, self.redis_url, feed, **settings),
                     cwd=demo_support.PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 ))
+            self.feeds.append(feed)
 
     def items(self, n):
         import demo_support
 
-        return demo_support.count_lines(self.directory / f"items-{n}.jsonl")
+        return demo_support.count_lines(self.feeds[n])
 
     def wait_for_items(self, ns, count):
         """Until the feeds of workers *ns* hold *count* items together."""
@@ -448,8 +455,9 @@ class Workers:
         after it belongs to pages it did not save, which other workers did again."""
         checkpoint, _ = self.checkpoint()
         worker = self.checkpoint_of(n)[1]
-        (feed,) = [entry for entry in checkpoint.pipeline_data.outputs if entry["worker"] == worker]
-        return (self.directory / f"items-{n}.jsonl").read_bytes()[: feed["length"]]
+        saved = [entry["length"] for entry in checkpoint.pipeline_data.outputs if entry["worker"] == worker]
+        # None: it was killed before its first batch was saved (and all its pages are redone).
+        return self.feeds[n].read_bytes()[: saved[0] if saved else 0]
 
     def check_shared_checkpoint(self, killed):
         """The workers' one checkpoint completed with nothing pending; it lists them all, the
@@ -481,10 +489,10 @@ class Workers:
     def summary(self, killed, shop_log, products):
         import demo_support
 
+        last = {feed: n for n, feed in enumerate(self.feeds)}  # a feed's last writer
         merged = self.directory / "all.jsonl"
         merged.write_bytes(b"".join(
-            self.saved_feed(n) if n in killed else (self.directory / f"items-{n}.jsonl").read_bytes()
-            for n in range(len(self.processes))
+            self.saved_feed(n) if n in killed else self.feeds[n].read_bytes() for n in last.values()
         ))
         return demo_support.summarize(merged, shop_log, products)
 
@@ -505,14 +513,35 @@ def workers(tmp_path, redis_url):
 
 @pytest.mark.e2e
 def test_a_killed_worker_loses_nothing(workers, server):
-    """Three workers share one scrapy-redis queue; one is SIGKILLed mid-crawl. The two others
-    finish the crawl: its leased requests came back to the queue, and every product is in the
-    feeds, the dead worker's read up to the length its checkpoint saved."""
+    """Three workers share one scrapy-redis queue; one is SIGKILLed mid-crawl and started again
+    with the same command (its -o file). Its leased requests come back to the queue; the new
+    worker cuts the dead one's feed back to what the checkpoint saved of it and goes on with
+    it: every product is in the feeds, read whole."""
+    import signal
+
     group, shop_log = workers
     group.start(3)
     dead = group.stop_one_holding_leases(server)
     group.kill([dead])
-    others = [n for n in range(3) if n != dead]
+    # What a kill in the middle of writing leaves after the saved length: cut off again.
+    with group.feeds[dead].open("ab") as feed:
+        feed.write(b'{"sku": "torn')
+    # The two others wait (stopped) until the new worker has joined: the crawl must not be
+    # over before it starts. Their claim on the checkpoint and their leases may lapse
+    # meanwhile: CHECKPOINT_RESUME takes it over then, and they are fenced.
+    alive = [n for n in range(3) if n != dead]
+    for n in alive:
+        group.processes[n].send_signal(signal.SIGSTOP)
+    try:
+        group.start(1, replacing=dead, CHECKPOINT_RESUME=True)
+        deadline = time.monotonic() + PATIENCE
+        while not re.search("joined checkpoint|took over checkpoint", group.log(3)):
+            assert group.processes[3].poll() is None and time.monotonic() < deadline, group.log(3)[-3000:]
+            time.sleep(0.05)
+    finally:
+        for n in alive:
+            group.processes[n].send_signal(signal.SIGCONT)
+    others = [n for n in range(4) if n != dead]
     group.finish(others)
     summary = group.summary({dead}, shop_log, PRODUCTS)
     assert (summary["lost"], summary["malformed_lines"]) == (0, 0), summary
@@ -521,6 +550,12 @@ def test_a_killed_worker_loses_nothing(workers, server):
     assert "'checkpoint/leases/reclaimed'" in "".join(group.log(n) for n in others)
     assert (server.zcard("products:requests:lease:deadlines"), server.zcard("products:requests")) == (0, 0)
     group.check_shared_checkpoint({dead})
+    dead_id = group.checkpoint_of(dead)[1]
+    assert f"goes on with the feeds {group.feeds[dead]} of dead worker(s) {dead_id}" in group.log(3)
+    assert re.search(rf"{re.escape(str(group.feeds[dead]))} cut back from \d+ to \d+ bytes", group.log(3))
+    checkpoint, _ = group.checkpoint()
+    assert [o["worker"] for o in checkpoint.pipeline_data.outputs if o["path"].endswith(f"items-{dead}.jsonl")] == [
+        group.checkpoint_of(3)[1]]
 
 
 @pytest.mark.e2e

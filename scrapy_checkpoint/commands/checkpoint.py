@@ -22,7 +22,7 @@ from w3lib.url import file_uri_to_path
 from .._redact import scrub, secrets_of
 from ..analytics import CheckpointStats, group_stats
 from ..exceptions import CheckpointError, CorruptCheckpointError
-from ..models import Checkpoint, CheckpointStatus, utcnow
+from ..models import Checkpoint, CheckpointStatus, live_workers, utcnow
 from ..settings import CheckpointSettings
 from ..stores import SQLiteCheckpointStore, store_class
 
@@ -97,13 +97,6 @@ def _pending(checkpoint: Checkpoint) -> int:
     return max(data.urls_discovered - data.urls_processed, 0)
 
 
-def alive_workers(workers: dict[str, dict[str, Any]], timeout: float) -> dict[str, bool]:
-    """Which workers sharing a checkpoint are alive: running, and seen within the lease
-    timeout (a dead one stops saying so)."""
-    return {name: info.get("status") == "running" and info.get("age", timeout + 1) <= timeout
-            for name, info in workers.items()}
-
-
 def _outcomes(checkpoint: Checkpoint, alive: dict[int, bool]) -> list[str]:
     last = len(checkpoint.runs) - 1
     return [run.outcome(last=i == last, alive=alive.get(run.number)) for i, run in enumerate(checkpoint.runs)]
@@ -115,7 +108,7 @@ def document(checkpoint: Checkpoint, workers: dict[str, dict[str, Any]] | None =
     ``outcome`` and, for one shared by scrapy-redis workers, the ``workers``."""
     doc = {**checkpoint.model_dump(mode="json"), "urls_pending": _pending(checkpoint)}
     workers = workers or {}
-    alive = alive_workers(workers, timeout)
+    alive = live_workers(workers, timeout)
     for run, outcome in zip(doc["runs"], _outcomes(checkpoint, _alive_runs(workers, alive))):
         run["outcome"] = outcome
     if workers:
@@ -178,7 +171,7 @@ def show_lines(checkpoint: Checkpoint, store: str, size: int | None,
     results = data.extraction_results
     status = checkpoint.status.value
     workers = workers or {}
-    alive = alive_workers(workers, timeout)
+    alive = live_workers(workers, timeout)
     if checkpoint.resumable and workers:
         status += (f" ({sum(alive.values())} of {_count(len(workers), 'worker')} alive; with none, start "
                    f"workers with: scrapy crawl {checkpoint.spider} -s CHECKPOINT_RESUME=1)")
@@ -499,7 +492,7 @@ class Command(ScrapyCommand):
                 alive = None
                 if store.shared and checkpoint.resumable:  # its workers' runs may go on
                     workers = store.workers(checkpoint.checkpoint_id)
-                    alive = _alive_runs(workers, alive_workers(workers, self._lease_timeout))
+                    alive = _alive_runs(workers, live_workers(workers, self._lease_timeout))
                 sized.append((checkpoint, size, alive))
         groups, total = group_stats(sized)
         if opts.json:

@@ -164,6 +164,7 @@ for key, page in pairs(h.pagination) do redis.call('HSET', record, 'page:' .. ke
 if h.current_page then redis.call('HSET', record, 'current_page', h.current_page) end
 if h.state then redis.call('HSET', record, 'state' .. own, h.state) end
 if h.outputs then redis.call('HSET', record, 'outputs' .. own, h.outputs) end
+for _, writer in ipairs(h.took_over or {}) do redis.call('HDEL', record, 'outputs:' .. writer) end
 if h.run then redis.call('HSET', record, 'run:' .. h.run_number, h.run) end
 if h.run_forgotten then redis.call('HDEL', record, 'run:' .. h.run_forgotten) end
 if h.pipeline_step > tonumber(values[5]) then redis.call('HSET', record, 'pipeline_step', h.pipeline_step) end
@@ -500,6 +501,7 @@ class RedisCheckpointStore(CheckpointStore):
             "state": None if batch.state is None else json.dumps(batch.state, default=str),
             "outputs": None if batch.outputs is None else json.dumps(batch.outputs),
             "writer": batch.writer,
+            "took_over": batch.took_over or None,
             "run": None if batch.run is None else batch.run.model_dump_json(),
             "run_number": None if batch.run is None else batch.run.number,
             "run_forgotten": None if batch.run is None or batch.run.number <= RUN_HISTORY
