@@ -184,8 +184,7 @@ class LeaseMixin:
         #: that failed (the next one tries again); set by the extension.
         self.counted: Callable[[str, int], None] = lambda event, count: None
         self.renew_failed: Callable[[Exception], None] = lambda exc: None
-        self._heartbeat: Any = None
-        self._renewing: Any = None
+        self._heartbeat: _Heartbeat | None = None
         #: The scheduler's dupefilter once it opens, if it leaves the mark of a request seen
         #: to this queue's push (:class:`LeasedRFPDupeFilter`).
         self.dupefilter: LeasedRFPDupeFilter | None = None
@@ -274,27 +273,16 @@ class LeaseMixin:
     def start_heartbeat(self, interval: float) -> None:
         """Renew this worker's leases every *interval* seconds, in a thread, until
         :meth:`stop_heartbeat`."""
-        self._heartbeat = create_looping_call(self._renew_soon)
+        self._heartbeat = _Heartbeat(self.renew, self._renewed, lambda exc: self.renew_failed(exc))
         self._heartbeat.start(interval, now=False)
 
     def stop_heartbeat(self) -> None:
-        if self._heartbeat is not None and self._heartbeat.running:
+        if self._heartbeat is not None:
             self._heartbeat.stop()
 
-    def _renew_soon(self) -> None:
-        if self._renewing is None:
-            self._renewing = deferred_from_coro(self._renew_off_the_reactor())
-
-    async def _renew_off_the_reactor(self) -> None:
-        try:
-            lost = await run_in_thread(self.renew)
-        except Exception as exc:
-            self.renew_failed(exc)
-        else:
-            if lost:
-                self.counted("lost", len(lost))
-        finally:
-            self._renewing = None
+    def _renewed(self, lost: list[str]) -> None:
+        if lost:
+            self.counted("lost", len(lost))
 
     def outstanding(self) -> int:
         """Leases of every worker, expired ones included: the next pop returns those to the
@@ -304,6 +292,40 @@ class LeaseMixin:
     def clear(self) -> None:
         super().clear()  # type: ignore[misc]
         self.server.delete(*self.lease_keys, f"{self.key}:lease:seq")
+
+
+class _Heartbeat:
+    """Calls the blocking *call* every few seconds in a thread, never two at once (a slow one
+    makes the next wait), and hands its result to *done* on the reactor; *failed* is told of
+    an exception, and the next call tries again."""
+
+    def __init__(self, call: Callable[[], Any], done: Callable[[Any], None],
+                 failed: Callable[[Exception], None]) -> None:
+        self.call, self.done, self.failed = call, done, failed
+        self._loop: Any = None
+        self._running: Any = None
+
+    def start(self, interval: float, now: bool) -> None:
+        self._loop = create_looping_call(self._soon)
+        self._loop.start(interval, now=now)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def _soon(self) -> None:
+        if self._running is None:
+            self._running = deferred_from_coro(self._off_the_reactor())
+
+    async def _off_the_reactor(self) -> None:
+        try:
+            result = await run_in_thread(self.call)
+        except Exception as exc:
+            self.failed(exc)
+        else:
+            self.done(result)
+        finally:
+            self._running = None
 
 
 class CheckpointWorker:
@@ -323,8 +345,7 @@ class CheckpointWorker:
         self.run = 0
         #: Told of a heartbeat that failed (the next one tries again); set by the extension.
         self.beat_failed: Callable[[Exception], None] = lambda exc: None
-        self._loop: Any = None
-        self._beating: Any = None
+        self._heartbeat: _Heartbeat | None = None
 
     def info(self, status: str) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "run": self.run, "started_at": self.started_at,
@@ -336,25 +357,15 @@ class CheckpointWorker:
         return self.store.beat(self.checkpoint, self.name, self.info(status), live, ttl)
 
     def start(self, checkpoint: Checkpoint, run: int, live: float, ttl: float) -> None:
+        """Say this worker is alive every third of *live* seconds, from now."""
         self.checkpoint, self.run = checkpoint, run
-        self._loop = create_looping_call(self._beat_soon, live, ttl)
-        self._loop.start(live / 3, now=True)
+        self._heartbeat = _Heartbeat(lambda: self.beat(live, ttl), lambda _: None,
+                                     lambda exc: self.beat_failed(exc))
+        self._heartbeat.start(live / 3, now=True)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-
-    def _beat_soon(self, live: float, ttl: float) -> None:
-        if self._beating is None:
-            self._beating = deferred_from_coro(self._beat_off_the_reactor(live, ttl))
-
-    async def _beat_off_the_reactor(self, live: float, ttl: float) -> None:
-        try:
-            await run_in_thread(self.beat, live, ttl)
-        except Exception as exc:
-            self.beat_failed(exc)
-        finally:
-            self._beating = None
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
 
 
 class LeasedRFPDupeFilter(RFPDupeFilter):
