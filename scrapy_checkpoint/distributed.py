@@ -24,6 +24,7 @@ from scrapy.utils.asyncio import create_looping_call, run_in_thread
 from scrapy.utils.defer import deferred_from_coro
 
 try:
+    import redis
     from scrapy_redis import queue as redis_queues
     from scrapy_redis.dupefilter import RFPDupeFilter
 except ImportError as exc:
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Expired leases a pop returns to the queue at most, so that one pop stays short.
 RECLAIM_PER_POP = 100
+#: What Redis being down (or restarting) raises: waited out, never a lost request.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 # Shared: now in ms from the server's clock (every worker compares deadlines on one clock),
 # and the return of expired leases to the queue.
@@ -184,7 +187,12 @@ class LeaseMixin:
         #: that failed (the next one tries again); set by the extension.
         self.counted: Callable[[str, int], None] = lambda event, count: None
         self.renew_failed: Callable[[Exception], None] = lambda exc: None
+        #: Told when Redis is unreachable to a push or a pop (set by the extension).
+        self.unreachable: Callable[[Exception], None] = lambda exc: None
         self._heartbeat: _Heartbeat | None = None
+        #: Requests a callback yielded while Redis was unreachable, oldest first: pushed by
+        #: push_pending() before the lease of the page that yielded them is released.
+        self.unpushed: list[Request] = []
         #: The scheduler's dupefilter once it opens, if it leaves the mark of a request seen
         #: to this queue's push (:class:`LeasedRFPDupeFilter`).
         self.dupefilter: LeasedRFPDupeFilter | None = None
@@ -200,6 +208,21 @@ class LeaseMixin:
     def push(self, request: Request) -> None:
         if self.dupefilter is None:
             return super().push(request)  # type: ignore[misc]
+        with self._lock:
+            if self.unpushed:  # after those waiting, in order
+                self.unpushed.append(request)
+                return None
+        try:
+            self._push_one(request)
+        except UNREACHABLE as exc:
+            # Scrapy would drop the request: kept, and pushed once Redis is back.
+            with self._lock:
+                self.unpushed.append(request)
+            self.unreachable(exc)
+        return None
+
+    def _push_one(self, request: Request) -> None:
+        assert self.dupefilter is not None
         fingerprint = "" if request.dont_filter else self.dupefilter.request_fingerprint(request)
         queued = self._push(
             keys=[self.key, self.dupefilter.key],
@@ -209,16 +232,40 @@ class LeaseMixin:
             # Another worker queued it since the dupefilter looked (the scheduler has counted
             # it as queued already).
             self.dupefilter.log(request, self.spider)
-        return None
+
+    def push_pending(self) -> None:
+        """Push the requests held back while Redis was unreachable, in order; raises while
+        it still is. Blocking: call it from a worker thread."""
+        while True:
+            with self._lock:
+                if not self.unpushed:
+                    return
+                request = self.unpushed[0]
+            self._push_one(request)
+            with self._lock:
+                self.unpushed.pop(0)
+
+    def __len__(self) -> int:
+        if not self.leasing:
+            return super().__len__()  # type: ignore[misc]
+        try:
+            return super().__len__()  # type: ignore[misc]
+        except UNREACHABLE as exc:
+            self.unreachable(exc)
+            return 0  # the idle check keeps the worker open meanwhile
 
     def pop(self, timeout: int = 0) -> Request | None:
         if not self.leasing:
             return super().pop(timeout)  # type: ignore[misc]
         # Never blocks: a blocking pop could not lease in the same script.
-        reclaimed, *leased = self._pop(
-            keys=[self.key, *self.lease_keys, f"{self.key}:lease:seq"],
-            args=[self.kind, self.worker, self.lease_ms, RECLAIM_PER_POP],
-        )
+        try:
+            reclaimed, *leased = self._pop(
+                keys=[self.key, *self.lease_keys, f"{self.key}:lease:seq"],
+                args=[self.kind, self.worker, self.lease_ms, RECLAIM_PER_POP],
+            )
+        except UNREACHABLE as exc:
+            self.unreachable(exc)
+            return None  # the idle check keeps the worker open meanwhile
         if reclaimed:
             self.counted("reclaimed", reclaimed)
         if not leased:
@@ -392,7 +439,10 @@ class LeasedRFPDupeFilter(RFPDupeFilter):
     def request_seen(self, request: Request) -> bool:
         if self.queue is None:
             return super().request_seen(request)
-        return bool(self.server.sismember(self.key, self.request_fingerprint(request)))
+        try:
+            return bool(self.server.sismember(self.key, self.request_fingerprint(request)))
+        except UNREACHABLE:
+            return False  # the push decides, once Redis is back
 
 
 class LeasedPriorityQueue(LeaseMixin, redis_queues.PriorityQueue):

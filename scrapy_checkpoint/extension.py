@@ -208,6 +208,8 @@ class CheckpointExtension:
         queue.counted = self._count_leases
         queue.renew_failed = lambda exc: self._warn_once(
             "lease_error", exc, "Leases of the scrapy-redis queue were not renewed")
+        queue.unreachable = lambda exc: self._warn_once(
+            "queue_error", exc, "The scrapy-redis queue is unreachable; requests wait in memory until it is back")
         self.leases = queue
 
     def _count_leases(self, event: str, count: int) -> None:
@@ -603,7 +605,11 @@ class CheckpointExtension:
             # Released leases need their batch saved first; and while another worker holds
             # a lease, its request may yet come back to the queue.
             self._flush_soon()
-            if self.leases.outstanding():
+            try:
+                waiting = bool(self.leases.unpushed) or self.leases.outstanding() > 0
+            except Exception:  # Redis is unreachable: the crawl is not over
+                waiting = True
+            if waiting:
                 raise DontCloseSpider
         if not self._reseed_done or self._reseed_chunk:
             held = self.spider_checkpoint
@@ -800,14 +806,15 @@ class CheckpointExtension:
             batch.outputs = self._feeds.snapshot()
         # An idle crawl still sends an empty batch now and then: it refreshes the TTLs.
         idle = time.monotonic() - self._last_taken < self.settings.ttl / 4
-        if not (self._events or batch.status or batch.state is not None or self.runs.unsaved) and idle:
+        if not (len(batch) or batch.leases or batch.status or batch.state is not None or self.runs.unsaved) and idle:
             return
         self.runs.taken(batch)
         self._last_taken = time.monotonic()
         self.metrics.pending_changed(len(batch.discovered) - len(batch.processed))
         self._unflushed.append(batch)
         self._batch = Batch(seq=batch.seq + 1)
-        self._events = 0
+        # Leased requests waiting for a flush to confirm them are events not taken yet.
+        self._events = len(self._unconfirmed)
         self._limit_buffer()
 
     def _limit_buffer(self) -> None:
@@ -917,6 +924,9 @@ class CheckpointExtension:
         """Apply *batch*, then release its leases; return how long the store took, its storage
         used ratio (measured here, in the flush thread: a disk or INFO query never blocks the
         reactor), and the leases lost before their release."""
+        if self.leases is not None:
+            # What the batch's pages yielded is queued before their leases are released.
+            self.leases.push_pending()
         # The feeds reach the disk before the lengths that describe them reach the store.
         CheckpointFeedExporter.sync(batch.outputs)
         started = time.perf_counter()

@@ -175,6 +175,27 @@ def test_a_request_queued_by_another_worker_meanwhile_is_not_queued_twice(server
     assert server.zrange(one.queue.key, 0, -1, withscores=True)[0][1] == 0  # the other's priority
 
 
+def test_requests_yielded_while_redis_is_down_wait_and_are_queued_in_order(redis_server, server):
+    scheduler = filtered_scheduler(server, LeasedFifoQueue)
+    queue, events = scheduler.queue, []
+    queue.unreachable = lambda exc: events.append(type(exc).__name__)
+    urls = [f"http://shop.test/p/{n}" for n in range(3)]
+    redis_server.stop()
+    try:
+        # Scrapy would drop a request its scheduler raised on: the queue keeps it instead.
+        assert all(scheduler.enqueue_request(Request(url)) for url in urls)
+        assert [r.url for r in queue.unpushed] == urls and events[0] == "ConnectionError"
+        assert queue.pop() is None and len(queue) == 0  # nothing to do for now, no traceback
+        with pytest.raises(redis.ConnectionError):
+            queue.push_pending()
+        assert len(queue.unpushed) == 3
+    finally:
+        redis_server.start()
+    queue.push_pending()
+    assert queue.unpushed == [] and [queue.pop().url for _ in urls] == urls
+    assert not scheduler.enqueue_request(Request(urls[0]))  # marked seen as it was queued
+
+
 def test_without_a_checkpoint_the_dupefilter_is_scrapy_redis_own(server):
     dupefilter = LeasedRFPDupeFilter(server, "shop:dupefilter")
     assert not dupefilter.request_seen(Request("http://shop.test/p/1"))
