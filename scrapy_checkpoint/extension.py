@@ -477,9 +477,10 @@ class CheckpointExtension:
         left = {}
         for entry in checkpoint.pipeline_data.outputs:
             writer = entry.get("worker", "")
-            writer_host, _, pid = writer.rpartition(":")[0].rpartition(":")
-            if (writer_host == host and entry["feed"] in ours
-                    and not (alive.get(writer, False) and _process_exists(int(pid)))):
+            info = workers.get(writer)
+            if info is None or info.get("host") != host or entry["feed"] not in ours:
+                continue
+            if not (alive[writer] and _process_exists(info.get("pid", 0))):
                 left[entry["feed"]] = entry
         key = self._feeds_key(checkpoint)
         if not left:
@@ -1051,8 +1052,8 @@ def _process_exists(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's
-        return True
+    except PermissionError:
+        pass  # another user's
     return True
 
 
