@@ -249,10 +249,21 @@ def test_run_history_and_stats(tmp_path, small_shop, store_settings):
     _, killed, log = crawl(url, tmp_path, kill_when_items=products // 4, extra=extra)
     assert killed
     checkpoint_id = checkpoint_id_of(log)
-    _, killed, log = crawl(url, tmp_path, resume=True, kill_when_items=products // 2, extra=extra)
+    store = open_any_store(tmp_path, store_settings)
+    try:
+        def saved():
+            # Killed once this run is in the history, with part of the feed saved: a run killed
+            # before its first flush is not, and a refusal needs a saved length to cut below.
+            checkpoint = store.get(checkpoint_id)
+            return checkpoint.runs[-1].number == 2 and checkpoint.pipeline_data.outputs[0]["length"] > 0
+
+        _, killed, log = crawl(url, tmp_path, resume=True, kill_when=saved, extra=extra)
+        saved = store.get(checkpoint_id).pipeline_data.outputs[0]["length"]
+    finally:
+        store.close()
     assert killed
     kept = items_file.read_bytes()
-    items_file.write_bytes(kept[: len(kept) // 2])
+    items_file.write_bytes(kept[: saved // 2])
     code, _, log = crawl(url, tmp_path, resume=True, extra=extra)
     assert code == 1 and "'finish_reason': 'checkpoint_error'" in log.read_text()
     items_file.write_bytes(kept)
