@@ -5,14 +5,57 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "example_project"))
 
+import demo_shop  # noqa: E402
 from tests.mongo_server import ENV_URI, MongoServer  # noqa: E402
 from tests.redis_server import RedisServer, find_redis_server  # noqa: E402
+
+
+class RecordingShop(demo_shop.ShopServer):
+    """The demo shop, keeping the arrival time of every request (no log file)."""
+
+    def __init__(self, address: tuple[str, int], catalog: demo_shop.Catalog, latency: float = 0.0) -> None:
+        super().__init__(address, catalog, latency)
+        self.arrivals: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    def record(self, path: str) -> None:
+        now = time.time()
+        with self._lock:
+            self.arrivals.append((now, path))
+
+    def since(self, index: int) -> list[tuple[float, str]]:
+        with self._lock:
+            return self.arrivals[index:]
+
+    def take(self) -> list[tuple[float, str]]:
+        with self._lock:
+            arrivals, self.arrivals = self.arrivals, []
+        return arrivals
+
+
+@contextmanager
+def recording_shop(products: int, latency: float = 0.0) -> Iterator[tuple[RecordingShop, str]]:
+    """A :class:`RecordingShop` of *products* in a thread, and its URL."""
+    server = RecordingShop(("127.0.0.1", 0), demo_shop.Catalog(products, 20, 5), latency)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              name="bench-shop", daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield server, f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @contextmanager

@@ -79,7 +79,6 @@ sys.path.insert(0, str(ROOT / "example_project"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import _services  # noqa: E402
-import demo_shop  # noqa: E402
 import demo_support  # noqa: E402
 
 SPIDER = demo_support.SPIDER_NAME
@@ -117,47 +116,6 @@ CONTENDERS = {
 _STAT = re.compile(r"'([\w/.-]+)': (\d+),?$")
 #: A line of MONITOR: time, [db client], then the command name and its first argument.
 _MONITOR = re.compile(rb'^\+?[\d.]+ \[\d+ ([^\]]*)\] "([^"]*)"(?: "([^"]*)")?')
-
-
-# The shop
-
-
-class RecordingShop(demo_shop.ShopServer):
-    """The demo shop, keeping the arrival time of every request."""
-
-    def __init__(self, address: tuple[str, int], catalog: demo_shop.Catalog, latency: float) -> None:
-        super().__init__(address, catalog, latency)
-        self.arrivals: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-
-    def record(self, path: str) -> None:
-        now = time.time()
-        with self._lock:
-            self.arrivals.append((now, path))
-
-    def since(self, index: int) -> list[tuple[float, str]]:
-        with self._lock:
-            return self.arrivals[index:]
-
-    def take(self) -> list[tuple[float, str]]:
-        with self._lock:
-            arrivals, self.arrivals = self.arrivals, []
-        return arrivals
-
-
-@contextlib.contextmanager
-def recording_shop(products: int, latency: float) -> Iterator[tuple[RecordingShop, str]]:
-    server = RecordingShop(("127.0.0.1", 0), demo_shop.Catalog(products, 20, 5), latency)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                              name="bench-shop", daemon=True)
-    thread.start()
-    try:
-        host, port = server.server_address[:2]
-        yield server, f"http://{host}:{port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 # Workers
@@ -377,7 +335,7 @@ class Monitor:
 # Throughput and CPU
 
 
-def throughput_run(contender: str, count: int, url: str, shop: RecordingShop, redis: Redis,
+def throughput_run(contender: str, count: int, url: str, shop: _services.RecordingShop, redis: Redis,
                    directory: Path, args: argparse.Namespace, monitor: bool = False) -> dict[str, Any]:
     """One crawl of the whole shop by *count* workers of *contender*."""
     redis.reset()
@@ -426,7 +384,7 @@ def throughput(args: argparse.Namespace, redis: Redis, workdir: Path, rng: rando
     configs = [("plain", n) for n in args.plain_workers] + [("leased", n) for n in args.workers]
     runs: dict[str, list[dict[str, Any]]] = {label(*c): [] for c in configs}
     errors: list[str] = []
-    with recording_shop(args.products, 0.0) as (shop, url):
+    with _services.recording_shop(args.products, 0.0) as (shop, url):
         for round_ in range(rounds):
             order = list(configs)
             rng.shuffle(order)
@@ -578,7 +536,7 @@ def saved_length(redis_url: str, log: str) -> int:
     return int(mine[0]["length"]) if mine else 0
 
 
-def reclaim_run(timeout: float, url: str, shop: RecordingShop, redis: Redis, directory: Path,
+def reclaim_run(timeout: float, url: str, shop: _services.RecordingShop, redis: Redis, directory: Path,
                 args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     redis.reset()
     shop.take()
@@ -681,7 +639,7 @@ def reclaim_run(timeout: float, url: str, shop: RecordingShop, redis: Redis, dir
 def reclaim(args: argparse.Namespace, redis: Redis, workdir: Path, rng: random.Random) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {str(t): [] for t in args.lease_timeouts}
     errors: list[str] = []
-    with recording_shop(args.reclaim_products, args.reclaim_latency) as (shop, url):
+    with _services.recording_shop(args.reclaim_products, args.reclaim_latency) as (shop, url):
         for round_ in range(args.repeat):
             order = list(args.lease_timeouts)
             rng.shuffle(order)
@@ -786,7 +744,7 @@ def count_instructions(contender: str, products: int, url: str, directory: Path,
 def instructions(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     small, large = args.instructions
     with contextlib.ExitStack() as stack:
-        urls = {n: stack.enter_context(recording_shop(n, 0.0))[1] for n in (small, large)}
+        urls = {n: stack.enter_context(_services.recording_shop(n, 0.0))[1] for n in (small, large)}
         jobs = [(c, n) for c in args.contenders for n in (small, large)]
         with ThreadPoolExecutor(args.jobs) as pool:
             counts = list(pool.map(lambda job: count_instructions(

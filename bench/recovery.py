@@ -97,43 +97,6 @@ class Skip(Exception):
     """A contender that cannot be measured here; the message says why."""
 
 
-# The shop
-
-
-class _RecordingShop(demo_shop.ShopServer):
-    """The demo shop, keeping the arrival time of every request (no log file)."""
-
-    def __init__(self, address: tuple[str, int], catalog: demo_shop.Catalog) -> None:
-        super().__init__(address, catalog)
-        self._arrivals: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-
-    def record(self, path: str) -> None:
-        now = time.time()
-        with self._lock:
-            self._arrivals.append((now, path))
-
-    def take(self) -> list[tuple[float, str]]:
-        with self._lock:
-            arrivals, self._arrivals = self._arrivals, []
-        return arrivals
-
-
-@contextlib.contextmanager
-def recording_shop(products: int) -> Iterator[tuple[_RecordingShop, str]]:
-    server = _RecordingShop(("127.0.0.1", 0), demo_shop.Catalog(products, 20, 5))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                              name="recovery-shop", daemon=True)
-    thread.start()
-    try:
-        host, port = server.server_address[:2]
-        yield server, f"http://{host}:{port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 # The synthetic crawl: id 0 is the start page, ids 1..N-1 product pages; ids below P are
 # processed (the start page and products 1..P-1), the others pending.
 
@@ -410,7 +373,7 @@ def build_jobdir(synthetic: Synthetic, snapshot: Path, seen: str) -> dict[str, A
 # One crawl
 
 
-def crawl(url: str, settings: dict[str, Any], log: Path, shop: _RecordingShop,
+def crawl(url: str, settings: dict[str, Any], log: Path, shop: _services.RecordingShop,
           timeout: float) -> dict[str, Any]:
     """Run the products spider; return its timings (epoch seconds), peak RSS and log facts."""
     command = demo_support.crawl_command(url, log.with_suffix(".jsonl"), {
@@ -478,7 +441,7 @@ def crawl_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(name: str, synthetic: Synthetic, url: str, snapshot: Path, run_dir: Path,
-            shop: _RecordingShop, args: argparse.Namespace) -> dict[str, Any]:
+            shop: _services.RecordingShop, args: argparse.Namespace) -> dict[str, Any]:
     """One resumed crawl on a fresh copy of the snapshot, then the lookup on that store."""
     extra = crawl_settings(name, args)
     with services(SERVICES[name], run_dir, seed=snapshot) as settings:
@@ -532,7 +495,7 @@ def _check_resumed(name: str, synthetic: Synthetic, result: dict[str, Any]) -> N
                            + result["log"][-3000:])
 
 
-def measure_baseline(name: str, url: str, run_dir: Path, shop: _RecordingShop,
+def measure_baseline(name: str, url: str, run_dir: Path, shop: _services.RecordingShop,
                      args: argparse.Namespace) -> float:
     """Peak RSS of the same spider starting afresh on an empty store (or empty JOBDIR)."""
     extra = crawl_settings(name, args)
@@ -623,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
     try:
-        with recording_shop(args.discovered) as (shop, url):
+        with _services.recording_shop(args.discovered) as (shop, url):
             synthetic = Synthetic(url, args.discovered, args.processed)
             print(f"{args.discovered:,} fingerprints in {synthetic.fingerprint_seconds:.1f} s",
                   file=sys.stderr)
