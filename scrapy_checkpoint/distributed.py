@@ -223,7 +223,7 @@ class LeaseMixin:
 
     def _push_one(self, request: Request) -> None:
         assert self.dupefilter is not None
-        fingerprint = "" if request.dont_filter else self.dupefilter.request_fingerprint(request)
+        fingerprint = "" if request.dont_filter else self.dupefilter.fingerprint_of(request)
         queued = self._push(
             keys=[self.key, self.dupefilter.key],
             args=[self.kind, self._encode_request(request), -request.priority, fingerprint],  # type: ignore[attr-defined]
@@ -425,6 +425,9 @@ class LeasedRFPDupeFilter(RFPDupeFilter):
     #: The leasing queue that marks what this filter lets through; without one (checkpoints
     #: off) this is scrapy-redis's own filter.
     queue: LeaseMixin | None = None
+    #: The request last looked at and its fingerprint: the scheduler pushes it next, and the
+    #: push reuses the fingerprint (canonicalizing a URL costs more than the lookup).
+    _looked: tuple[Request, str] | None = None
 
     @classmethod
     def from_spider(cls, spider: Spider) -> LeasedRFPDupeFilter:
@@ -439,10 +442,18 @@ class LeasedRFPDupeFilter(RFPDupeFilter):
     def request_seen(self, request: Request) -> bool:
         if self.queue is None:
             return super().request_seen(request)
+        fingerprint = self.request_fingerprint(request)
+        self._looked = (request, fingerprint)
         try:
-            return bool(self.server.sismember(self.key, self.request_fingerprint(request)))
+            return bool(self.server.sismember(self.key, fingerprint))
         except UNREACHABLE:
             return False  # the push decides, once Redis is back
+
+    def fingerprint_of(self, request: Request) -> str:
+        looked = self._looked
+        if looked is not None and looked[0] is request:
+            return looked[1]
+        return self.request_fingerprint(request)
 
 
 class LeasedPriorityQueue(LeaseMixin, redis_queues.PriorityQueue):

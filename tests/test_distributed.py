@@ -156,7 +156,10 @@ def test_a_request_is_marked_seen_in_the_step_that_queues_it(server, cls):
     # Looking marks nothing: a worker killed after the dupefilter looked leaves no mark.
     assert not scheduler.df.request_seen(request) and not scheduler.df.request_seen(request)
     assert server.scard("shop:dupefilter") == 0
+    fingerprint, computed = scheduler.df.request_fingerprint, []
+    scheduler.df.request_fingerprint = lambda r: computed.append(r) or fingerprint(r)
     assert scheduler.enqueue_request(request)
+    assert len(computed) == 1  # the look and the push share it
     assert (server.scard("shop:dupefilter"), len(scheduler.queue)) == (1, 1)
     # Seen: the scheduler refuses it (request_dropped), as with scrapy-redis's filter.
     assert not scheduler.enqueue_request(Request("http://shop.test/p/1"))
