@@ -293,15 +293,6 @@ class CheckpointSettings:
                 "the workers of a crawl share the checkpoint their job's live workers write to. Start "
                 "them with -s CHECKPOINT_RESUME=1 to go on with the newest resumable one."
             )
-        if resume and shares_a_scheduler(settings) and mongo_uri is not None:
-            # Several workers resuming one checkpoint of the hybrid store would overwrite each
-            # other's batches: there each worker has a checkpoint of its own.
-            raise ValueError(
-                f"CHECKPOINT_RESUME (True) cannot be used when SCHEDULER is {REDIS_SCHEDULER} with "
-                "CHECKPOINT_MONGO_URI set: only the Redis store alone shares one checkpoint among "
-                "the workers. Start the workers again without CHECKPOINT_RESUME (the crawl's queue, "
-                "dupefilter and leases are in Redis: it goes on), or drop CHECKPOINT_MONGO_URI."
-            )
         if redis_url is None and shares_a_scheduler(settings):
             raise ValueError(
                 f"CHECKPOINT_REDIS_URL (None) must be set when SCHEDULER is {REDIS_SCHEDULER}: its "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -253,7 +254,8 @@ def test_shared_scheduler_needs_a_shared_store():
         CheckpointSettings.from_settings(settings)
 
 
-# One checkpoint shared by the workers: the Redis store's side of it.
+# One checkpoint shared by the workers: the Redis store's side of it (the batches of several
+# writers are in tests/test_stores.py, SharedWriters, for every store that holds them).
 
 
 @pytest.fixture
@@ -304,28 +306,6 @@ def test_without_a_live_worker_the_claim_lapses_and_can_be_taken_over(store):
     assert not store.beat(checkpoint, "w1", {"leases": 0}, 60, 3600)
 
 
-def test_batches_of_workers_sharing_a_checkpoint_all_count(store):
-    from tests import batch, discovered, fp, new_checkpoint, run
-
-    checkpoint = new_checkpoint(checkpoint_id="a", runs=[run(1)])
-    store.create(checkpoint)
-    # Each worker numbers its batches from 1: both apply, a repeat of either does not.
-    store.apply("a", batch(1, writer="w1", discovered=[discovered(1), discovered(2)], item_counts={"Item": 1},
-                           outputs=[{"path": "one.jsonl", "length": 10}], state={"seen": 1}), 3600)
-    store.apply("a", batch(1, writer="w2", discovered=[discovered(3)], processed=[fp(1)], item_counts={"Item": 2},
-                           outputs=[{"path": "two.jsonl", "length": 20}], state={"other": 2}), 3600)
-    store.apply("a", batch(1, writer="w2", processed=[fp(2)]), 3600)
-    store.apply("a", batch(2, writer="w1", processed=[fp(2)]), 3600)
-    got = store.get("a")
-    data = got.pipeline_data
-    assert (data.urls_discovered, data.urls_processed, data.extraction_results.items_scraped) == (3, 2, 3)
-    assert got.seq == 3  # batches applied, of all workers
-    assert sorted((o["worker"], o["path"], o["length"]) for o in data.outputs) == [
-        ("w1", "one.jsonl", 10), ("w2", "two.jsonl", 20)]
-    assert data.state == {"seen": 1, "other": 2}
-    assert store.next_run("a") == 2 and store.next_run("a") == 3  # run 1 is the creator's
-
-
 def test_runs_of_live_workers_side_by_side_are_not_killed():
     from scrapy_checkpoint.analytics import CheckpointStats
     from scrapy_checkpoint.commands.checkpoint import _alive_runs
@@ -373,10 +353,14 @@ def worker_command(url, redis_url, items_file, **extra):
 
 class Workers:
     """``scrapy crawl products`` workers on one scrapy-redis queue, each with its own feed
-    ``items-<n>.jsonl`` and log ``worker-<n>.log`` in *directory*."""
+    ``items-<n>.jsonl`` and log ``worker-<n>.log`` in *directory*; their checkpoint in Redis,
+    or in the hybrid store with *mongo* (uri, database)."""
 
-    def __init__(self, directory, url, redis_url):
+    def __init__(self, directory, url, redis_url, mongo=None):
         self.directory, self.url, self.redis_url = directory, url, redis_url
+        self.store_settings = {"CHECKPOINT_REDIS_URL": redis_url}
+        if mongo is not None:
+            self.store_settings.update(CHECKPOINT_MONGO_URI=mongo[0], CHECKPOINT_MONGO_DATABASE=mongo[1])
         self.processes = []
         #: The feed of each worker: items-<n>.jsonl, n its own number or the one it replaced.
         self.feeds = []
@@ -393,7 +377,7 @@ class Workers:
             feed = self.directory / f"items-{n if replacing is None else replacing}.jsonl"
             with open(self.directory / f"worker-{n}.log", "wb") as out:
                 self.processes.append(subprocess.Popen(
-                    worker_command(self.url, self.redis_url, feed, **settings),
+                    worker_command(self.url, self.redis_url, feed, **self.store_settings, **settings),
                     cwd=demo_support.PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 ))
             self.feeds.append(feed)
@@ -454,20 +438,31 @@ class Workers:
 
     def checkpoint_of(self, n):
         """The id of the checkpoint worker *n* wrote to, and the worker's id."""
-        found = re.search(r"Checkpoint (\S+) started in \S+ by worker (\S+);", self.log(n))
+        found = re.search(r"Checkpoint (\S+) started in .+? by worker (\S+);", self.log(n))
         if found:
             return found.groups()
         worker, checkpoint_id = re.search(r"Worker (\S+) (?:joined|took over) checkpoint (\S+) ", self.log(n)).groups()
         return checkpoint_id, worker
 
     def checkpoint(self):
-        """The checkpoint every worker wrote to, and its workers."""
-        from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+        """The checkpoint every worker wrote to, and its workers; in the hybrid store, both
+        copies hold the same."""
+        from scrapy.settings import Settings
+
+        from scrapy_checkpoint.settings import CheckpointSettings
+        from scrapy_checkpoint.stores import store_class
 
         (checkpoint_id,) = {self.checkpoint_of(n)[0] for n in range(len(self.processes))}
-        store = RedisCheckpointStore(self.redis_url)
+        settings = CheckpointSettings.from_settings(Settings({"CHECKPOINT_ENABLED": True, **self.store_settings}))
+        store = store_class(settings).from_checkpoint_settings(settings)
         store.open()
         try:
+            if store.name == "hybrid":
+                copies = [side.store.get(checkpoint_id) for side in (store.redis, store.mongodb)]
+                redis_copy, mongodb_copy = (
+                    (c.seq, c.status, c.pipeline_data.model_dump(exclude={"outputs"}), [r.number for r in c.runs],
+                     sorted(json.dumps(o, sort_keys=True) for o in c.pipeline_data.outputs)) for c in copies)
+                assert redis_copy == mongodb_copy
             return store.get(checkpoint_id), store.workers(checkpoint_id)
         finally:
             store.close()
@@ -497,7 +492,7 @@ class Workers:
         # `scrapy checkpoint show` lists the workers; the runs of the killed ones were killed.
         from tests.test_commands import scrapy_checkpoint
 
-        extra = {"CHECKPOINT_REDIS_URL": self.redis_url, "CHECKPOINT_LEASE_TIMEOUT": LEASE_TIMEOUT}
+        extra = {**self.store_settings, "CHECKPOINT_LEASE_TIMEOUT": LEASE_TIMEOUT}
         shown = scrapy_checkpoint(self.directory, "show", checkpoint.checkpoint_id, "--json", extra=extra).json()
         assert {w["worker"]: w["alive"] for w in shown["workers"]} == {
             self.checkpoint_of(n)[1]: False for n in range(len(self.processes))}
@@ -520,13 +515,15 @@ class Workers:
 
 
 @pytest.fixture
-def workers(tmp_path, redis_url):
+def workers(request, tmp_path, redis_url):
+    """Workers of a crawl; parametrize indirectly with "hybrid" for the hybrid store."""
     import demo_support
 
+    mongo = request.getfixturevalue("mongo_uri_db") if getattr(request, "param", "redis") == "hybrid" else None
     log = tmp_path / "shop.log"
     # Slow enough that the last worker to start still finds work.
     with demo_support.running_shop(log, products=PRODUCTS, per_page=20, categories=5, latency=0.05) as url:
-        group = Workers(tmp_path, url, redis_url)
+        group = Workers(tmp_path, url, redis_url, mongo)
         try:
             yield group, log
         finally:
@@ -581,10 +578,11 @@ def test_a_killed_worker_loses_nothing(workers, server):
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("workers", ["redis", "hybrid"], indirect=True)
 def test_all_workers_killed_then_started_again_lose_nothing(workers, server):
     """All three SIGKILLed mid-crawl, three new ones started with CHECKPOINT_RESUME: the queue,
     the dupefilter and the dead workers' leases are in Redis; the new workers go on with the
-    same checkpoint and finish the crawl."""
+    same checkpoint (in Redis, or in both stores of the hybrid one) and finish the crawl."""
     group, shop_log = workers
     group.start(3)
     group.wait_for_items([0, 1, 2], PRODUCTS // 5)
@@ -651,9 +649,6 @@ def test_a_stopped_worker_loses_its_leases_and_is_told(workers, server):
     [
         ({"CHECKPOINT_ID": "abc"}, r"CHECKPOINT_ID \('abc'\) cannot be used when SCHEDULER is "
                                    r"scrapy_redis\.scheduler\.Scheduler: .* CHECKPOINT_RESUME=1"),
-        ({"CHECKPOINT_RESUME": True, "CHECKPOINT_MONGO_URI": "mongodb://h"},
-         r"CHECKPOINT_RESUME \(True\) cannot be used when SCHEDULER is scrapy_redis\.scheduler\.Scheduler "
-         r"with CHECKPOINT_MONGO_URI set: only the Redis store alone shares"),
     ],
 )
 def test_shared_scheduler_refuses_what_it_cannot_share(settings, message):

@@ -311,6 +311,52 @@ class StoreContract:
                 s.close()
 
 
+class SharedWriters:
+    """Batches of several scrapy-redis workers writing one checkpoint: each numbers its own
+    from 1 and has its own feeds and spider state (stores that hold such a checkpoint)."""
+
+    def test_batches_of_workers_sharing_a_checkpoint_all_count(self, store):
+        checkpoint = new_checkpoint(checkpoint_id="a", runs=[run(1)])
+        store.create(checkpoint)
+        # Both apply, a repeat of either does not; a worker name may hold dots (a host name).
+        store.apply("a", batch(1, writer="w1.host:7", discovered=[discovered(1), discovered(2)],
+                               item_counts={"Item": 1}, items=[("Item", {"n": 1})],
+                               outputs=[{"path": "one.jsonl", "length": 10}], state={"seen": 1}), TTL)
+        store.apply("a", batch(1, writer="w2", discovered=[discovered(3)], processed=[fp(1)],
+                               item_counts={"Item": 2}, items=[("Item", {"n": 2}), ("Item", {"n": 3})],
+                               outputs=[{"path": "two.jsonl", "length": 20}], state={"other": 2}), TTL)
+        store.apply("a", batch(1, writer="w2", processed=[fp(2)]), TTL)
+        store.apply("a", batch(2, writer="w1.host:7", processed=[fp(2)], run=run(1, pages=3)), TTL)
+        got = store.get("a")
+        data = got.pipeline_data
+        assert (data.urls_discovered, data.urls_processed, data.extraction_results.items_scraped) == (3, 2, 3)
+        assert got.seq == 3  # batches applied, of all workers
+        assert sorted((o["worker"], o["path"], o["length"]) for o in data.outputs) == [
+            ("w1.host:7", "one.jsonl", 10), ("w2", "two.jsonl", 20)]
+        assert data.state == {"seen": 1, "other": 2}
+        assert sorted(item["n"] for _, item in store.items("a")) == [1, 2, 3]
+        assert list(store.processed_fingerprints("a")) != [] and set(store.processed_fingerprints("a")) == {
+            fp(1), fp(2)}
+        assert [r.pages for r in got.runs] == [3]
+        # A worker that took a dead one's feeds over drops the dead one's saved feed state.
+        store.apply("a", batch(1, writer="w3", outputs=[{"path": "two.jsonl", "length": 25}],
+                               took_over=["w2"]), TTL)
+        assert sorted((o["worker"], o["length"]) for o in store.get("a").pipeline_data.outputs) == [
+            ("w1.host:7", 10), ("w3", 25)]
+        assert [c.checkpoint_id for c in store.list_checkpoints()] == ["a"]
+        # A crawl on one machine resuming it alone numbers its batches after the record's seq.
+        seq = store.get("a").seq
+        store.apply("a", batch(seq + 1, processed=[fp(3)]), TTL)
+        for _ in range(2):  # the second time, a retried flush: already applied
+            store.apply("a", batch(seq + 2, items=[("Item", {"n": 4})], item_counts={"Item": 1}), TTL)
+        got = store.get("a")
+        assert (got.seq, got.pipeline_data.urls_processed, got.pipeline_data.extraction_results.items_scraped) == (
+            seq + 2, 3, 4)
+        assert sorted(item["n"] for _, item in store.items("a")) == [1, 2, 3, 4]
+        if store.shared:
+            assert store.next_run("a") == 2 and store.next_run("a") == 3  # run 1 is the creator's
+
+
 class TestSQLiteStore(StoreContract):
     @pytest.fixture
     def make_store(self, tmp_path):
@@ -425,7 +471,7 @@ class TestSQLiteStore(StoreContract):
             store.close()
 
 
-class TestRedisStore(StoreContract):
+class TestRedisStore(StoreContract, SharedWriters):
     PREFIX = "test-cp"
 
     @pytest.fixture
@@ -728,7 +774,7 @@ MONGO_INDEXES = {
 }
 
 
-class TestMongoDBStore(StoreContract):
+class TestMongoDBStore(StoreContract, SharedWriters):
     @pytest.fixture
     def make_store(self, mongo_uri_db):
         from scrapy_checkpoint.stores.mongodb import MongoDBCheckpointStore
@@ -814,10 +860,21 @@ class TestMongoDBStore(StoreContract):
         store.apply(cp.checkpoint_id, b, TTL)
         store.save_user_query(UserQuery(raw_query="red shoes", parsed_intent={"price_range": {"max": 50}}))
         store.save_query_session(QuerySession(query_id="q1", sites_searched=["shop.test"]))
-        documents = [("checkpoints", checkpoint_doc), ("checkpoint_journal", journal)]
+        # A batch of one of several workers sharing a checkpoint, and what it adds to the record.
+        shared = new_checkpoint()
+        store.create(shared)
+        b = batch(1, writer="w1.host:7", took_over=["w0.host:3"], state={"k": 1},
+                  outputs=[{"path": "a.jsonl", "length": 3}])
+        shared_journal = store._journal(shared.checkpoint_id, b, 0, slot=1)
+        store.apply(shared.checkpoint_id, b, TTL)
+        record = store.db["checkpoints"].find_one({"checkpoint_id": shared.checkpoint_id})
+        added = {k: record[k] for k in ("seqs", "writers", "slots")}
+        assert _schema_errors(added, {**SCHEMAS["checkpoints"], "required": []}) == []
+        documents = [("checkpoints", checkpoint_doc), ("checkpoint_journal", journal),
+                     ("checkpoint_journal", shared_journal)]
         for name in ("checkpoint_urls", "checkpoint_items", "user_queries", "query_sessions"):
             documents += [(name, doc) for doc in store.db[name].find()]
-        assert len(documents) == 8
+        assert len(documents) == 9
         for name, doc in documents:
             assert _schema_errors(doc, SCHEMAS[name]) == [], name
 
@@ -852,17 +909,20 @@ class TestMongoDBStore(StoreContract):
             time.sleep(1)
         assert store.get(kept.checkpoint_id).expires_at is None
 
-    def test_killed_apply_is_replayed_once(self, make_store):
+    @pytest.mark.parametrize("writer", [None, "w1.host:7"])  # alone, or one of several workers
+    def test_killed_apply_is_replayed_once(self, make_store, writer):
         store = make_store()
         store.open()
         cp = new_checkpoint()
         cid = cp.checkpoint_id
         store.create(cp)
-        store.apply(cid, batch(1, discovered=[discovered(1), discovered(2)]), TTL)
-        b = batch(2, discovered=[discovered(3)], processed=[fp(1), fp(9)], items=[("Product", {"sku": "A1"})],
-                  item_counts={"Product": 1}, pagination={"http://shop.test/c/a": 2}, pipeline_step=1)
+        store.apply(cid, batch(1, writer=writer, discovered=[discovered(1), discovered(2)]), TTL)
+        b = batch(2, writer=writer, discovered=[discovered(3)], processed=[fp(1), fp(9)],
+                  items=[("Product", {"sku": "A1"})], item_counts={"Product": 1},
+                  pagination={"http://shop.test/c/a": 2}, pipeline_step=1)
         # Killed mid-apply: the batch journaled, one URL of it written, the record not updated.
-        entry = store._journal(cid, b, TTL)
+        slot = None if writer is None else store._slot(cid, store._record_seqs(cid))
+        entry = store._journal(cid, b, TTL, slot)
         store.db["checkpoint_journal"].insert_one(dict(entry))
         store.db["checkpoint_urls"].update_one({"_id": f"{cid}/{fp(1).hex()}"}, {"$set": {"processed": True}})
         assert store.db["checkpoints"].find_one({"checkpoint_id": cid})["seq"] == 1
@@ -1072,7 +1132,7 @@ class TestMongoDBStore(StoreContract):
 HYBRID_PREFIX = "test-hybrid"
 
 
-class TestHybridStore(StoreContract):
+class TestHybridStore(StoreContract, SharedWriters):
     @pytest.fixture
     def make_store(self, redis_url, mongo_uri_db):
         from scrapy_checkpoint.stores.hybrid import HybridCheckpointStore
@@ -1098,6 +1158,23 @@ class TestHybridStore(StoreContract):
             "hybrid(redis:redis://:***@cache.test:6390/3, "
             "mongodb:mongodb://scraper:***@db.test:27017/?authSource=admin (database crawls))"
         )
+    def test_a_shared_checkpoint_one_store_behind_is_not_stale(self, store):
+        """Another worker's batch reaches MongoDB, then Redis: a worker of the checkpoint
+        reading between the two keeps writing both."""
+        checkpoint_id, how = store.claim("products", "shop.test", "product_catalog", "a", None, 60)
+        assert (checkpoint_id, how) == ("a", "created")
+        store.create(new_checkpoint(checkpoint_id="a", runs=[run(1)]))
+        other = batch(1, writer="w2", discovered=[discovered(1)])
+        store.mongodb.store.apply("a", other, TTL)
+        assert store.get("a").seq == 1  # MongoDB's copy, the newer
+        store.redis.store.apply("a", other, TTL)
+        store.apply("a", batch(1, writer="w1", processed=[fp(1)]), TTL)
+        assert not store.redis.stale and not store.mongodb.stale
+        assert _agreed(store.redis.store, "a") == _agreed(store.mongodb.store, "a")
+        assert store.get("a").pipeline_data.urls_processed == 1
+        # Workers and their runs are in Redis, as with the Redis store alone.
+        assert store.beat(store.get("a"), "w1", {"leases": 1}, 60, TTL)
+        assert set(store.workers("a")) == {"w1"}
 
 
 def _agreed(store, checkpoint_id):

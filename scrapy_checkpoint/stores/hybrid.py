@@ -74,11 +74,14 @@ def _ranges(seqs: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def _lacking(record: bool, seqs: list[int]) -> str:
-    """``its record and batches 3-5``: what a store lacks of a checkpoint, for a log."""
+def _lacking(record: bool, seqs: list[int], shared: int = 0) -> str:
+    """``its record and batches 3-5``: what a store lacks of a checkpoint, for a log;
+    *shared*: batches of this worker of several sharing it (each numbers its own)."""
     parts = ["its record"] if record else []
     if seqs:
         parts.append(f"batch{'es' if len(seqs) > 1 else ''} {_ranges(seqs)}")
+    if shared:
+        parts.append(f"{shared} batch{'es' if shared > 1 else ''} of this worker")
     return " and ".join(parts) or "no batch yet"
 
 
@@ -93,9 +96,13 @@ class HybridCheckpointStore(CheckpointStore):
 
     Reads take the record with the higher ``seq`` (Redis on a tie) and serve the URL sets and
     items of that checkpoint from the store that holds it.
+
+    Workers sharing a checkpoint (scrapy-redis) coordinate in Redis: the job's claim, their
+    heartbeats and run numbers; their batches go to both stores.
     """
 
     name = "hybrid"
+    shared = True
 
     def __init__(
         self,
@@ -105,6 +112,7 @@ class HybridCheckpointStore(CheckpointStore):
         retry_interval: float = 5.0,
     ) -> None:
         self.redis = _Side(redis_store, "Redis")
+        self._coordinator = redis_store
         self.mongodb = _Side(mongodb_store, "MongoDB")
         self.buffer_limit = buffer_limit
         #: How long a store that failed is left alone, so that a dead one does not cost a
@@ -114,6 +122,9 @@ class HybridCheckpointStore(CheckpointStore):
         # because it is on its way to the other.
         self._lock = threading.RLock()
         self._sources: dict[str, _Side] = {}
+        # Checkpoints this worker shares with others: their batches reach one store, then
+        # the other, so a copy a little behind is not stale.
+        self._shared: set[str] = set()
         self._warned: set[tuple[str, str]] = set()
         self._secrets = secrets_of(redis_store.url) | secrets_of(mongodb_store.uri)
 
@@ -249,8 +260,9 @@ class HybridCheckpointStore(CheckpointStore):
         entries = [e for c, e, _ in side.backlog if c == checkpoint_id]
         if entry is not None and not any(e is entry for e in entries):
             entries.append(entry)
+        batches = [e for e in entries if isinstance(e, Batch)]
         return _lacking(any(isinstance(e, Checkpoint) for e in entries),
-                        sorted(e.seq for e in entries if isinstance(e, Batch)))
+                        sorted(b.seq for b in batches if b.writer is None), sum(b.writer is not None for b in batches))
 
     # -- the state of each store -----------------------------------------------------------
 
@@ -362,6 +374,8 @@ class HybridCheckpointStore(CheckpointStore):
             source, best = max(found, key=lambda answer: answer[1].seq)
             self._sources[checkpoint_id] = source
             for side, record in answers:
+                if checkpoint_id in self._shared and record is not None:
+                    continue
                 if side is not source and (record is None or record.seq < best.seq):
                     self._behind(side, checkpoint_id, record, best)
             return best
@@ -393,6 +407,27 @@ class HybridCheckpointStore(CheckpointStore):
             if record is not None and record.resumable and (best is None or record.updated_at > best.updated_at):
                 best = record
         return best
+
+    # -- workers sharing a checkpoint: in Redis (see RedisCheckpointStore) -----------------
+
+    def claim(self, spider: str, site_domain: str, job_type: str, new_id: str, take: str | None,
+              live: float) -> tuple[str, str]:
+        found, how = self._coordinate(lambda store: store.claim(spider, site_domain, job_type, new_id, take, live))
+        self._shared.add(found)
+        return found, how
+
+    def beat(self, checkpoint: Checkpoint, worker: str, info: dict[str, Any], live: float, ttl: float) -> bool:
+        return self._coordinate(lambda store: store.beat(checkpoint, worker, info, live, ttl))
+
+    def next_run(self, checkpoint_id: str) -> int:
+        return self._coordinate(lambda store: store.next_run(checkpoint_id))
+
+    def workers(self, checkpoint_id: str) -> dict[str, dict[str, Any]]:
+        return self._coordinate(lambda store: store.workers(checkpoint_id))
+
+    def _coordinate(self, call: Callable[[RedisCheckpointStore], _T]) -> _T:
+        self._coordinator.open()  # no-op when open; connects a store that was down at open()
+        return call(self._coordinator)
 
     def _source(self, checkpoint_id: str) -> CheckpointStore:
         """The store whose record won the last read: the URL sets must match the record."""

@@ -20,7 +20,7 @@ from .base import CheckpointStore, StatusFilter, statuses
 
 try:
     import bson
-    from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient
+    from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient, ReturnDocument
     from pymongo.errors import (
         CollectionInvalid,
         ConfigurationError,
@@ -112,8 +112,15 @@ _CHECKPOINT = _object(
         "updated_at": _DATE,
         "expires_at": {"bsonType": ["date", "null"]},
     },
-    # Runs by number: a batch sets its run's entry, never the whole history.
-    {**_ID, "runs": {"bsonType": "object", "additionalProperties": _DICT}},
+    # Runs by number: a batch sets its run's entry, never the whole history. Workers sharing
+    # the checkpoint (scrapy-redis): each one's seq, and its feeds and spider state, by
+    # worker; and the journal slots their batches took.
+    {**_ID, "runs": {"bsonType": "object", "additionalProperties": _DICT},
+     "seqs": _COUNTS,
+     "writers": {"bsonType": "object", "additionalProperties": {
+         "bsonType": "object", "additionalProperties": False,
+         "properties": {"state": _DICT, "outputs": {"bsonType": "array", "items": _DICT}}}},
+     "slots": _int()},
     additionalProperties=False,
 )
 _URL = _object(
@@ -158,6 +165,9 @@ _JOURNAL = _object(
         "state": {"bsonType": ["object", "null"]},
         "outputs": {"bsonType": ["array", "null"]},
         "run": {"bsonType": ["object", "null"]},
+        "writer": _STR,
+        "batch_seq": _int(1),
+        "took_over": {"bsonType": "array", "items": _STR},
         "status": {"enum": ["active", "completed", "failed", None]},
         "updated_at": _DATE,
         "expires_at": {"bsonType": ["date", "null"]},
@@ -242,9 +252,14 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+def _encode_key(key: str) -> str:
+    """A key that is safe in an update path: URLs and host names hold dots, which MongoDB
+    reads as nesting."""
+    return key.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
+
+
 def _encode_keys(counts: Mapping[str, Any]) -> dict[str, Any]:
-    """Keys that are safe in an update path: URLs hold dots, which MongoDB reads as nesting."""
-    return {k.replace("%", "%25").replace(".", "%2E").replace("$", "%24"): v for k, v in counts.items()}
+    return {_encode_key(k): v for k, v in counts.items()}
 
 
 def _decode_keys(counts: Any) -> Any:
@@ -343,17 +358,40 @@ def _url_updates(checkpoint_id: str, seq: int, discovered: list[dict[str, Any]],
     return updates
 
 
-def _record_update(header: dict[str, Any]) -> dict[str, Any]:
-    """The atomic update that folds a journal entry into its checkpoint record."""
+def _applied(record: dict[str, Any], writer: str | None) -> int:
+    """The seq of the last batch of *writer* (None: of the one writer) the record holds."""
+    if writer is None:
+        return record["seq"]
+    return record.get("seqs", {}).get(writer, 0)
+
+
+def _record_update(header: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The atomic update that folds a journal entry into its checkpoint record, and the
+    query it is conditioned on (the record lacks the batch)."""
+    checkpoint_id, writer = header["checkpoint_id"], header.get("writer")
     counts = header["item_counts"]
     inc = {f"pipeline_data.extraction_results.by_type.{k}": n for k, n in counts.items()}
     inc["pipeline_data.extraction_results.items_scraped"] = sum(counts.values())
     inc["pipeline_data.urls_discovered"] = header["new_urls"]
     inc["pipeline_data.urls_processed"] = header["new_processed"]
     fields = {f"pipeline_data.pagination_state.{k}": n for k, n in header["pagination"].items()}
-    fields.update(seq=header["seq"], updated_at=header["updated_at"], expires_at=header["expires_at"])
-    for name, path in (("current_page", "pipeline_data.current_page"), ("state", "pipeline_data.state"),
-                       ("outputs", "pipeline_data.outputs"), ("status", "status")):
+    fields.update(updated_at=header["updated_at"], expires_at=header["expires_at"])
+    unset = {}
+    batch_seq = header.get("batch_seq", header["seq"])
+    if writer is None:
+        query = {"checkpoint_id": checkpoint_id, "seq": {"$lt": batch_seq}}
+        fields["seq"] = batch_seq
+        own = "pipeline_data."
+    else:
+        # One of several workers: its own seq, feeds and state; 'seq' counts the batches of all.
+        own, seq = f"writers.{writer}.", f"seqs.{writer}"
+        query = {"checkpoint_id": checkpoint_id,
+                 "$or": [{seq: {"$exists": False}}, {seq: {"$lt": batch_seq}}]}
+        fields[seq] = batch_seq
+        inc["seq"] = 1
+        unset.update((f"writers.{dead}.outputs", "") for dead in header.get("took_over", ()))
+    for name, path in (("current_page", "pipeline_data.current_page"), ("state", f"{own}state"),
+                       ("outputs", f"{own}outputs"), ("status", "status")):
         if header.get(name) is not None:
             fields[path] = header[name]
     update = {"$inc": inc, "$max": {"pipeline_step": header["pipeline_step"]}, "$set": fields}
@@ -361,8 +399,10 @@ def _record_update(header: dict[str, Any]) -> dict[str, Any]:
     if run is not None:
         fields[f"runs.{run['number']}"] = run
         if run["number"] > RUN_HISTORY:
-            update["$unset"] = {f"runs.{run['number'] - RUN_HISTORY}": ""}
-    return update
+            unset[f"runs.{run['number'] - RUN_HISTORY}"] = ""
+    if unset:
+        update["$unset"] = unset
+    return query, update
 
 
 def connect(uri: str, timeout: float) -> MongoClient:
@@ -511,12 +551,30 @@ class MongoDBCheckpointStore(CheckpointStore):
         if "runs" in doc:
             doc["runs"] = _runs(doc["runs"])
         data = doc.get("pipeline_data")
+        writers = doc.pop("writers", {})
+        doc.pop("slots", None)
+        doc.pop("seqs", None)
         if isinstance(data, dict):
+            self._merge_writers(data, writers, checkpoint_id)
             data["pagination_state"] = _decode_keys(data.get("pagination_state", {}))
             results = data.get("extraction_results")
             if isinstance(results, dict):
                 results["by_type"] = _decode_keys(results.get("by_type", {}))
         return Checkpoint.parse(doc, checkpoint_id=checkpoint_id, where=self._where(CHECKPOINTS))
+
+    def _merge_writers(self, data: dict[str, Any], writers: Any, checkpoint_id: str) -> None:
+        """Into the record's data, those of the workers sharing it: each feed tagged with its
+        worker, the spider states merged (a key several workers set keeps one of their values)."""
+        try:
+            outputs, state = list(data.get("outputs") or []), dict(data.get("state") or {})
+            for name in sorted(writers):
+                outputs += [{**entry, "worker": unquote(name)} for entry in writers[name].get("outputs", [])]
+                state.update(writers[name].get("state", {}))
+        except (AttributeError, TypeError) as exc:  # a validator would have refused it
+            raise CorruptCheckpointError(checkpoint_id, self._where(CHECKPOINTS),
+                                         f"its writers field is malformed ({exc})") from exc
+        if writers:
+            data["outputs"], data["state"] = outputs, state
 
     def create(self, checkpoint: Checkpoint) -> None:
         with self._errors():
@@ -579,22 +637,45 @@ class MongoDBCheckpointStore(CheckpointStore):
     # -- batches ---------------------------------------------------------------------------
 
     def apply(self, checkpoint_id: str, batch: Batch, ttl: float) -> None:
+        writer = None if batch.writer is None else _encode_key(batch.writer)
         with self._errors():
             self._recover(checkpoint_id)
-            record = self.db[CHECKPOINTS].find_one({"checkpoint_id": checkpoint_id}, {"seq": 1})
+            record = self._record_seqs(checkpoint_id)
             if record is None:
                 raise KeyError(f"checkpoint {checkpoint_id} is not in {self.describe()}")
-            if batch.seq <= record["seq"]:
+            if batch.seq <= _applied(record, writer):
                 return  # already applied (a retried flush)
-            header = self._journal(checkpoint_id, batch, ttl)
+            slot = None if writer is None and "slots" not in record else self._slot(checkpoint_id, record)
+            header = self._journal(checkpoint_id, batch, ttl, slot)
             self.db[JOURNAL].insert_one(header)  # the commit point: from here on the batch is applied
-            self._replay(header, record["seq"])
+            self._replay(header, record)
 
-    def _journal(self, checkpoint_id: str, batch: Batch, ttl: float) -> dict[str, Any]:
+    def _record_seqs(self, checkpoint_id: str) -> dict[str, Any] | None:
+        """What says which batches the record holds: its seq, its slots, its writers' seqs."""
+        return self.db[CHECKPOINTS].find_one({"checkpoint_id": checkpoint_id}, {"seq": 1, "slots": 1, "seqs": 1})
+
+    def _slot(self, checkpoint_id: str, record: dict[str, Any]) -> int:
+        """The seq a batch of one of several workers sharing the checkpoint is journaled,
+        and its items and URL positions are keyed, under: each worker numbers its batches
+        from 1, so the record hands out slots."""
+        checkpoints = self.db[CHECKPOINTS]
+        if "slots" not in record:  # after the batches of a crawl that wrote it alone
+            checkpoints.update_one({"checkpoint_id": checkpoint_id, "slots": {"$exists": False}},
+                                   {"$set": {"slots": record["seq"]}})
+        found = checkpoints.find_one_and_update(
+            {"checkpoint_id": checkpoint_id}, {"$inc": {"slots": 1}}, {"slots": 1},
+            return_document=ReturnDocument.AFTER)
+        if found is None:
+            raise KeyError(f"checkpoint {checkpoint_id} is not in {self.describe()}")
+        return found["slots"]
+
+    def _journal(self, checkpoint_id: str, batch: Batch, ttl: float, slot: int | None = None) -> dict[str, Any]:
         """Write the parts of the batch's journal entry after the first; return its header.
+        *slot*: the seq it is journaled under, when not its own.
 
-        The URL counts are taken before anything of the batch is written (there is one writer
-        per checkpoint), so that replaying a half-applied batch counts each URL exactly once.
+        The URL counts are taken before anything of the batch is written, so that replaying
+        a half-applied batch counts each URL exactly once. (Two workers sharing the checkpoint
+        whose batches are applied at the same moment may both count a URL they both hold.)
         """
         processed = {_url_id(checkpoint_id, fp) for fp in batch.processed}
         keys = {_url_id(checkpoint_id, r.fingerprint) for r in batch.discovered} | processed
@@ -607,7 +688,7 @@ class MongoDBCheckpointStore(CheckpointStore):
             "items": [{"item_type": t, "item": json.loads(json.dumps(i, default=str))}
                       for t, i in batch.items],
         })
-        key = {"checkpoint_id": checkpoint_id, "seq": batch.seq}
+        key = {"checkpoint_id": checkpoint_id, "seq": batch.seq if slot is None else slot}
         if len(parts) > 1:
             # Parts left by a flush of this seq killed before its commit are dropped first.
             self.db[JOURNAL].delete_many({**key, "part": {"$gte": 1}})
@@ -627,19 +708,19 @@ class MongoDBCheckpointStore(CheckpointStore):
             "status": batch.status,
             "updated_at": now,
             "expires_at": expiry(now, ttl),
-        }
+        } | ({} if slot is None else {"batch_seq": batch.seq}) | ({} if batch.writer is None else {
+            "writer": _encode_key(batch.writer), "took_over": [_encode_key(w) for w in batch.took_over]})
 
-    def _replay(self, header: dict[str, Any], record_seq: int | None = None) -> None:
+    def _replay(self, header: dict[str, Any], record: dict[str, Any] | None = None) -> None:
         """Apply a committed journal entry; every step is idempotent, so it may run any number
-        of times, and at once in several processes. *record_seq*: the record's seq, when the
-        caller has just read it."""
+        of times, and at once in several processes. *record*: the record's seqs, when the
+        caller has just read them."""
         db = self.db
-        checkpoint_id, seq = header["checkpoint_id"], header["seq"]
+        checkpoint_id, seq, writer = header["checkpoint_id"], header["seq"], header.get("writer")
         key = {"checkpoint_id": checkpoint_id, "seq": seq}
-        if record_seq is None:
-            record = db[CHECKPOINTS].find_one({"checkpoint_id": checkpoint_id}, {"seq": 1})
-            record_seq = None if record is None else record["seq"]
-        if record_seq is not None and record_seq < seq:
+        if record is None:
+            record = self._record_seqs(checkpoint_id)
+        if record is not None and _applied(record, writer) < header.get("batch_seq", seq):
             entry = {name: list(header[name]) for name in _LISTS}
             parts = [] if header["parts"] == 1 else list(
                 db[JOURNAL].find({**key, "part": {"$gte": 1, "$lt": header["parts"]}}).sort("part"))
@@ -655,9 +736,7 @@ class MongoDBCheckpointStore(CheckpointStore):
                         512 + len(bson.encode(it)))
                 for i, it in enumerate(entry["items"])
             ])
-            db[CHECKPOINTS].update_one(
-                {"checkpoint_id": checkpoint_id, "seq": {"$lt": seq}}, _record_update(header)
-            )
+            db[CHECKPOINTS].update_one(*_record_update(header))
         db[JOURNAL].delete_many(key)
 
     def _bulk(self, collection: str, upserts: list[_Upsert]) -> None:
