@@ -13,6 +13,7 @@ when ``SCHEDULER`` is scrapy-redis's; nothing else changes in how scrapy-redis i
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: Expired leases a pop returns to the queue at most, so that one pop stays short.
 RECLAIM_PER_POP = 100
+#: Pending requests read from the checkpoint at a time by CheckpointWorker.requeue_lost.
+REQUEUE_PAGE = 1000
 #: What Redis being down (or restarting) raises: waited out, never a lost request.
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
@@ -80,10 +83,12 @@ end
 """
 
 # KEYS: queue, deadlines (zset token -> deadline ms), leased (hash token -> request),
-# scores (hash token -> priority score), sequence. ARGV: kind, worker id, lease ms, reclaim limit.
+# scores (hash token -> priority score). ARGV: kind, worker id, lease ms, reclaim limit, the
+# worker's number for the lease (its own count: one kept in Redis would start again after
+# Redis restarted empty, and a new lease would take the token of one the worker still holds).
 # Returns {reclaimed, token, request} or {reclaimed} when the queue is empty.
 _POP = _LUA_HELPERS + """
-local queue, deadlines, leased, scores, sequence = unpack(KEYS)
+local queue, deadlines, leased, scores = unpack(KEYS)
 local kind, worker, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local reclaimed = reclaim(kind, queue, deadlines, leased, scores, now, limit)
@@ -99,7 +104,7 @@ else
   data = redis.call('LPOP', queue)
 end
 if not data then return {reclaimed} end
-local token = worker .. '/' .. redis.call('INCR', sequence)
+local token = worker .. '/' .. ARGV[5]
 redis.call('ZADD', deadlines, now + lease, token)
 redis.call('HSET', leased, token, data)
 if score then redis.call('HSET', scores, token, score) end
@@ -162,7 +167,7 @@ def _text(value: bytes | str) -> str:
 
 class LeaseMixin:
     """What makes a scrapy-redis queue lease what it pops. Its keys sit beside the queue's
-    own: ``<queue key>:lease:deadlines``, ``:lease:requests``, ``:lease:scores``, ``:lease:seq``.
+    own: ``<queue key>:lease:deadlines``, ``:lease:requests``, ``:lease:scores``.
     """
 
     #: How the queue pops: 'priority' (sorted set), 'fifo' (RPOP) or 'lifo' (LPOP).
@@ -174,6 +179,7 @@ class LeaseMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.worker = worker_id()
+        self._numbers = itertools.count(1)
         self.lease_keys = [f"{self.key}:lease:{name}" for name in ("deadlines", "requests", "scores")]
         self._push = self.server.register_script(_PUSH)
         self._pop = self.server.register_script(_POP)
@@ -221,7 +227,8 @@ class LeaseMixin:
             self.unreachable(exc)
         return None
 
-    def _push_one(self, request: Request) -> None:
+    def _push_one(self, request: Request) -> bool:
+        """Mark *request* seen and queue it, unless it was seen already; whether it was queued."""
         assert self.dupefilter is not None
         fingerprint = "" if request.dont_filter else self.dupefilter.fingerprint_of(request)
         queued = self._push(
@@ -232,6 +239,7 @@ class LeaseMixin:
             # Another worker queued it since the dupefilter looked (the scheduler has counted
             # it as queued already).
             self.dupefilter.log(request, self.spider)
+        return bool(queued)
 
     def push_pending(self) -> None:
         """Push the requests held back while Redis was unreachable, in order; raises while
@@ -260,8 +268,8 @@ class LeaseMixin:
         # Never blocks: a blocking pop could not lease in the same script.
         try:
             reclaimed, *leased = self._pop(
-                keys=[self.key, *self.lease_keys, f"{self.key}:lease:seq"],
-                args=[self.kind, self.worker, self.lease_ms, RECLAIM_PER_POP],
+                keys=[self.key, *self.lease_keys],
+                args=[self.kind, self.worker, self.lease_ms, RECLAIM_PER_POP, next(self._numbers)],
             )
         except UNREACHABLE as exc:
             self.unreachable(exc)
@@ -338,7 +346,7 @@ class LeaseMixin:
 
     def clear(self) -> None:
         super().clear()  # type: ignore[misc]
-        self.server.delete(*self.lease_keys, f"{self.key}:lease:seq")
+        self.server.delete(*self.lease_keys)
 
 
 class _Heartbeat:
@@ -413,6 +421,28 @@ class CheckpointWorker:
     def stop(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.stop()
+
+    def requeue_lost(self, rebuild: Callable[[bytes], Request | None]) -> tuple[int, int]:
+        """Queue the requests the checkpoint holds pending that scrapy-redis's dupefilter has
+        not seen: the queue lost them (Redis restarted empty), or they never reached it (the
+        crawl's queue was elsewhere). Call it once the queue is empty and no lease is out:
+        then every discovery and processed mark is saved. Returns how many were queued, and
+        how many were left out as seen. Blocking: call it from a worker thread."""
+        assert self.checkpoint is not None and self.queue.dupefilter is not None
+        queued = seen = 0
+        after = None
+        while True:
+            page, after = self.store.pending_requests(self.checkpoint.checkpoint_id, after, REQUEUE_PAGE)
+            if not page:
+                return queued, seen
+            for data in page:
+                request = rebuild(data)
+                if request is None:
+                    continue
+                if self.queue._push_one(request):
+                    queued += 1
+                else:
+                    seen += 1
 
 
 class LeasedRFPDupeFilter(RFPDupeFilter):

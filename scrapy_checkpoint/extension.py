@@ -184,6 +184,10 @@ class CheckpointExtension:
         self._reseed_done = True
         self._reseed_left = 0
         self._reseeding = False
+        #: A worker's look for pending requests the shared queue lost, once it has nothing to
+        #: do: None (not under way), "looking", or "clear" (none: the crawl may close).
+        self._requeue_state: str | None = None
+        self._requeue_seen = 0
         crawler.signals.connect(self.spider_opened, signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signals.spider_closed)
         crawler.signals.connect(self.request_scheduled, signals.request_scheduled)
@@ -589,12 +593,9 @@ class CheckpointExtension:
         self._reseeding = True
         try:
             for data in chunk:
-                try:
-                    request = self.serializer.loads(data)
-                except Exception as exc:
-                    self._warn_once("reseed", exc, "A pending request could not be rebuilt and is skipped")
-                    continue
-                self.crawler.engine.crawl(request)
+                request = self._rebuild(data)
+                if request is not None:
+                    self.crawler.engine.crawl(request)
         finally:
             self._reseeding = False
         self.stats.inc_value("checkpoint/restored/requests", len(chunk))
@@ -612,6 +613,16 @@ class CheckpointExtension:
                 waiting = True
             if waiting:
                 raise DontCloseSpider
+            if self.worker is not None and self.leases.dupefilter is not None:
+                # The queue is empty and no lease is out: before the crawl closes, the
+                # checkpoint's pending requests that the queue lost go back to it.
+                if self._requeue_state == "clear":
+                    self._requeue_state = None  # looked again if the crawl goes on (a RedisSpider)
+                else:
+                    if self._requeue_state is None:
+                        self._requeue_state = "looking"
+                        deferred_from_coro(self._requeue_lost())
+                    raise DontCloseSpider
         if not self._reseed_done or self._reseed_chunk:
             held = self.spider_checkpoint
             if held is not None and held.hold_restored:
@@ -624,6 +635,41 @@ class CheckpointExtension:
                 held.hold_restored = False
             self.scheduler_empty()
             raise DontCloseSpider
+
+    async def _requeue_lost(self) -> None:
+        """Before a worker closes the crawl: requests the checkpoint holds pending that the
+        shared queue lost go back to it (see CheckpointWorker.requeue_lost)."""
+        assert self.worker is not None and self.checkpoint is not None
+        try:
+            queued, seen = await run_in_thread(self.worker.requeue_lost, self._rebuild)
+        except Exception as exc:
+            self._warn_once("requeue", exc, "This worker could not look for pending requests the queue lost")
+            self._requeue_state = None  # looked for again at the next idle
+            return
+        if queued:
+            self.stats.inc_value("checkpoint/restored/requests", queued)
+            logger.warning(
+                "Checkpoint %(id)s holds %(count)d pending requests that scrapy-redis's queue lost "
+                "(Redis restarted empty?): queued again",
+                {"id": self.checkpoint.checkpoint_id, "count": queued},
+            )
+        # Seen: another worker may have queued them just now; the same number seen twice in a
+        # row, with nothing queued or leased in between, are stuck.
+        stuck, self._requeue_seen = seen and seen == self._requeue_seen, seen
+        if stuck:
+            logger.warning(
+                "Checkpoint %(id)s holds %(count)d pending requests that scrapy-redis's dupefilter has "
+                "seen though none is queued or leased: they are not done in this crawl",
+                {"id": self.checkpoint.checkpoint_id, "count": seen},
+            )
+        self._requeue_state = "clear" if not (queued or seen) or stuck else None
+
+    def _rebuild(self, data: bytes) -> Request | None:
+        try:
+            return self.serializer.loads(data)
+        except Exception as exc:
+            self._warn_once("reseed", exc, "A pending request could not be rebuilt and is skipped")
+            return None
 
     # Recording
 

@@ -106,3 +106,41 @@ def test_redis_restarted_mid_crawl_loses_nothing(outage_workers, persistent_redi
     assert summary["duplicates"] <= late, summary
     assert redis_state(group.redis_url) == dict.fromkeys(
         ["queue", "leases", "leased requests", "lease scores"], 0)
+
+
+@pytest.fixture
+def volatile_redis(tmp_path):
+    """A redis-server of this test's own that keeps nothing on disk: started again, it is empty."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    with running_redis(directory, persistent=False) as server:
+        yield server
+
+
+@pytest.mark.e2e
+def test_redis_restarted_empty_mid_crawl_loses_nothing_with_the_hybrid_store(tmp_path, volatile_redis, mongo_uri_db):
+    """Three workers on the hybrid store; Redis, without persistence, is SIGKILLed mid-crawl and
+    started again empty: the queue, the dupefilter, the leases and Redis's copy of the
+    checkpoint are gone. MongoDB's copy holds every discovery and processed mark saved: once
+    the queue is empty and no lease is out, a worker queues the checkpoint's pending requests
+    again, and the crawl finishes with every product. (The dupefilter is gone too: pages done
+    before are done again when found again.)"""
+    log = tmp_path / "shop.log"
+    with demo_support.running_shop(log, products=PRODUCTS, per_page=20, categories=5, latency=0.05) as url:
+        group = Workers(tmp_path, url, f"{volatile_redis.url}/0", mongo_uri_db)
+        try:
+            group.start(3)
+            group.wait_for_items([0, 1, 2], PRODUCTS // 5)
+            volatile_redis.stop()
+            volatile_redis.start()
+            died = {n for n, code in enumerate(wait_until_all_exit(group, log, time.monotonic() + 90)) if code}
+            assert not died, [group.log(n)[-3000:] for n in died]
+            summary = group.summary(set(), log, PRODUCTS)
+        finally:
+            group.stop()
+    assert (summary["lost"], summary["malformed_lines"]) == (0, 0), summary
+    text = "".join(group.log(n) for n in range(3))
+    assert "pending requests that scrapy-redis's queue lost (Redis restarted empty?): queued again" in text
+    checkpoint, _ = group.checkpoint()
+    data = checkpoint.pipeline_data
+    assert checkpoint.status.value == "completed" and data.urls_discovered == data.urls_processed, data

@@ -429,9 +429,10 @@ class HybridCheckpointStore(CheckpointStore):
         self._coordinator.open()  # no-op when open; connects a store that was down at open()
         return call(self._coordinator)
 
-    def _source(self, checkpoint_id: str) -> CheckpointStore:
-        """The store whose record won the last read: the URL sets must match the record."""
-        side = self._sources.get(checkpoint_id)
+    def _source(self, checkpoint_id: str, fresh: bool = False) -> CheckpointStore:
+        """The store whose record won the last read (*fresh*: a read now): the URL sets must
+        match the record."""
+        side = None if fresh else self._sources.get(checkpoint_id)
         if side is None:
             self.get(checkpoint_id)
             side = self._sources.get(checkpoint_id, self.mongodb)
@@ -446,7 +447,9 @@ class HybridCheckpointStore(CheckpointStore):
     def pending_requests(
         self, checkpoint_id: str, after: Any, limit: int
     ) -> tuple[list[bytes], Any]:
-        store = self._source(checkpoint_id)
+        # The first page is read where the newest record is now: a worker of a shared
+        # checkpoint looks for requests its queue lost after Redis restarted empty.
+        store = self._source(checkpoint_id, fresh=after is None)
         # A cursor means something only to the store that made it. When the source changed
         # (the old one went stale) paging starts over: the scheduler's dupefilter drops the
         # requests handed out already.
