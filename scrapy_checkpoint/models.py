@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -236,6 +236,8 @@ class PriceRange(_Model):
 
     min: float | None = Field(None, ge=0)
     max: float | None = Field(None, ge=0)
+    #: ISO 4217 code of the bounds (None: the query named no currency).
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
 
     @model_validator(mode="after")
     def _ordered(self) -> PriceRange:
@@ -244,12 +246,19 @@ class PriceRange(_Model):
         return self
 
 
+#: How a query asks its results ordered: cheapest or dearest first, newest, best rated, best selling.
+QueryOrder = Literal["price_asc", "price_desc", "newest", "rating", "popular"]
+
+
 class ParsedIntent(_Model):
     """What a user query asks for, once parsed."""
 
     product_type: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
     price_range: PriceRange = Field(default_factory=PriceRange)
+    order: QueryOrder | None = None
+    #: Words of the query it did not understand: results must still contain them.
+    keywords: list[str] = Field(default_factory=list)
 
 
 class UserQuery(_Model):

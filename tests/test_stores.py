@@ -858,7 +858,8 @@ class TestMongoDBStore(StoreContract, SharedWriters):
                   state={"k": [1]}, status=CheckpointStatus.FAILED)
         journal = store._journal(cp.checkpoint_id, b, 0)
         store.apply(cp.checkpoint_id, b, TTL)
-        store.save_user_query(UserQuery(raw_query="red shoes", parsed_intent={"price_range": {"max": 50}}))
+        store.save_user_query(UserQuery(raw_query="cheapest red shoes under $50", parsed_intent={
+            "price_range": {"max": 50, "currency": "USD"}, "order": "price_asc", "keywords": ["trail"]}))
         store.save_query_session(QuerySession(query_id="q1", sites_searched=["shop.test"]))
         # A batch of one of several workers sharing a checkpoint, and what it adds to the record.
         shared = new_checkpoint()
@@ -1068,7 +1069,8 @@ class TestMongoDBStore(StoreContract, SharedWriters):
         created = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
         query = UserQuery(raw_query="red running shoes under 50", user_id="u1", created_at=created,
                           parsed_intent={"product_type": "shoes", "attributes": {"color": "red"},
-                                         "price_range": {"min": None, "max": 50}})
+                                         "price_range": {"min": None, "max": 50, "currency": "USD"},
+                                         "order": "price_asc", "keywords": ["trail"]})
         store.save_user_query(query)
         assert store.get_user_query(query.query_id) == query
         session = QuerySession(

@@ -186,9 +186,13 @@ _USER_QUERY = _object(
                 "price_range": _object(
                     {"min": {"bsonType": ["double", "int", "long", "null"], "minimum": 0},
                      "max": {"bsonType": ["double", "int", "long", "null"], "minimum": 0}},
+                    {"currency": {"bsonType": ["string", "null"], "pattern": "^[A-Z]{3}$"}},
                     additionalProperties=False,
                 ),
             },
+            # Optional: queries stored before these fields existed stay valid.
+            {"order": {"enum": ["price_asc", "price_desc", "newest", "rating", "popular", None]},
+             "keywords": {"bsonType": "array", "items": _STR}},
             additionalProperties=False,
         ),
         "created_at": _DATE,
