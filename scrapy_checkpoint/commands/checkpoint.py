@@ -4,31 +4,35 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import os
 import re
 import sys
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar
 
-from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 from scrapy.utils.conf import feed_complete_default_values_from_settings, feed_process_params_from_cli
 from scrapy.utils.misc import load_object
 from w3lib.url import file_uri_to_path
 
-from .._redact import scrub, secrets_of
 from ..analytics import CheckpointStats, group_stats
-from ..exceptions import CheckpointError, CorruptCheckpointError
+from ..exceptions import CorruptCheckpointError
 from ..models import Checkpoint, CheckpointStatus, live_workers, utcnow
-from ..settings import CheckpointSettings
-from ..stores import SQLiteCheckpointStore, store_class
+from ._cli import (
+    USAGE_ERROR,
+    Failure,
+    StoreCommand,
+    count,
+    log_warnings_to_stderr,
+    parse_duration,
+    table,
+)
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator
 
     from ..stores import CheckpointStore
 
@@ -45,44 +49,8 @@ OPTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "output": ("-o", frozenset({"export"})),
     "overwrite_output": ("-O", frozenset({"export"})),
 }
-_DURATION = re.compile(r"(\d+(?:\.\d*)?)([dhms])")
-_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 #: Pagination entries ``show`` prints before "... and N more" (--json has them all).
 SHOWN_LISTINGS = 20
-#: Exit statuses: a command line that cannot be right, and everything else that fails.
-USAGE_ERROR, ERROR = 2, 1
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    """*text* on one line (pydantic and pymongo errors span several), cut at *limit*."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-class _OneLineFormatter(logging.Formatter):
-    """The stores' warnings (a record left out of a list, a store down) on stderr, one line
-    each; stdout stays the command's."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return _one_line(f"{record.levelname}: {record.getMessage()}")
-
-
-class _Failure(Exception):
-    """Ends the command: the message is its one line on stderr."""
-
-    def __init__(self, message: str, exitcode: int = ERROR) -> None:
-        super().__init__(message)
-        self.exitcode = exitcode
-
-
-def parse_duration(value: str) -> timedelta:
-    """``30d``, ``12h``, ``90m`` or ``45s`` as a timedelta; ValueError otherwise."""
-    match = _DURATION.fullmatch(value.strip())
-    if match is None:
-        raise ValueError(value)
-    return timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
-
-
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
@@ -120,18 +88,6 @@ def _alive_runs(workers: dict[str, dict[str, Any]], alive: dict[str, bool]) -> d
     return {info["run"]: alive[name] for name, info in workers.items() if info.get("run")}
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
-    """Aligned columns two spaces apart; the columns in *right* aligned right (numbers)."""
-    cells = [list(map(str, headers)), *([str(cell) for cell in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    right = set(right)
-    return "\n".join(
-        "  ".join(cell.rjust(width) if i in right else cell.ljust(width)
-                  for i, (cell, width) in enumerate(zip(row, widths))).rstrip()
-        for row in cells
-    )
-
-
 LIST_HEADERS = ("ID", "SPIDER", "SITE", "JOB", "STATUS", "DISCOVERED", "PROCESSED", "PENDING", "ITEMS",
                 "UPDATED (UTC)", "EXPIRES (UTC)")
 
@@ -144,10 +100,6 @@ def checkpoint_table(checkpoints: Iterable[Checkpoint]) -> str:
         for c in checkpoints
     ]
     return table(LIST_HEADERS, rows, right=range(5, 9))
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _short_size(size: int) -> str:
@@ -173,7 +125,7 @@ def show_lines(checkpoint: Checkpoint, store: str, size: int | None,
     workers = workers or {}
     alive = live_workers(workers, timeout)
     if checkpoint.resumable and workers:
-        status += (f" ({sum(alive.values())} of {_count(len(workers), 'worker')} alive; with none, start "
+        status += (f" ({sum(alive.values())} of {count(len(workers), 'worker')} alive; with none, start "
                    f"workers with: scrapy crawl {checkpoint.spider} -s CHECKPOINT_RESUME=1)")
     elif checkpoint.resumable:
         status += f" (resume: scrapy crawl {checkpoint.spider} -s CHECKPOINT_ID={checkpoint.checkpoint_id})"
@@ -195,7 +147,7 @@ def show_lines(checkpoint: Checkpoint, store: str, size: int | None,
                  f"{_pending(checkpoint)} pending"),
         ("Items", f"{results.items_scraped}" + (f" ({by_type})" if by_type else "")),
         ("Current page", "none" if data.current_page is None else data.current_page),
-        ("Pagination", _count(len(data.pagination_state), "listing") if data.pagination_state else "none"),
+        ("Pagination", count(len(data.pagination_state), "listing") if data.pagination_state else "none"),
     ]
     width = max(len(name) for name, _ in fields) + 2
     lines = [f"{name:<{width}}{value}" for name, value in fields]
@@ -206,7 +158,7 @@ def show_lines(checkpoint: Checkpoint, store: str, size: int | None,
         if len(listings) > SHOWN_LISTINGS:
             lines.append(f"  ... and {len(listings) - SHOWN_LISTINGS} more (--json shows them all)")
     lines.append(f"{'Spider state':<{width}}{json.dumps(data.state, sort_keys=True, default=str)}")
-    lines.append(f"{'Outputs':<{width}}" + (_count(len(data.outputs), "feed") if data.outputs else "none"))
+    lines.append(f"{'Outputs':<{width}}" + (count(len(data.outputs), "feed") if data.outputs else "none"))
     if data.outputs:
         lines += table(
             ("  FEED", "ITEMS", "BYTES", "BATCH", *(("WORKER",) if workers else ())),
@@ -215,7 +167,7 @@ def show_lines(checkpoint: Checkpoint, store: str, size: int | None,
             right=[1, 2, 3],
         ).splitlines()
     if workers:
-        lines.append(f"{'Workers':<{width}}{_count(len(workers), 'worker')}, {sum(alive.values())} alive")
+        lines.append(f"{'Workers':<{width}}{count(len(workers), 'worker')}, {sum(alive.values())} alive")
         lines += table(
             ("  WORKER", "RUN", "STATUS", "LAST SEEN", "LEASES"),
             [(f"  {name}", info.get("run", "-"),
@@ -224,7 +176,7 @@ def show_lines(checkpoint: Checkpoint, store: str, size: int | None,
              for name, info in sorted(workers.items())],
             right=[1, 4],
         ).splitlines()
-    lines.append(f"{'Runs':<{width}}" + (_count(len(checkpoint.runs), "run") if checkpoint.runs else "none"))
+    lines.append(f"{'Runs':<{width}}" + (count(len(checkpoint.runs), "run") if checkpoint.runs else "none"))
     if checkpoint.runs:
         lines += run_table(checkpoint, _alive_runs(workers, alive)).splitlines()
     return lines
@@ -270,7 +222,7 @@ def stats_table(groups: dict[tuple[str, str], CheckpointStats], total: Checkpoin
     return table(STATS_HEADERS, rows, right=range(2, 14))
 
 
-class Command(ScrapyCommand):
+class Command(StoreCommand):
     """``scrapy checkpoint list|show|delete|prune|export|stats``, on the store the settings select."""
 
     requires_project = False
@@ -326,18 +278,13 @@ class Command(ScrapyCommand):
                            help="export: write the items to FILE, replacing it")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_OneLineFormatter())
-        package = logging.getLogger("scrapy_checkpoint")
-        package.addHandler(handler)
-        package.setLevel(logging.WARNING)
-        package.propagate = False
+        log_warnings_to_stderr()
         try:
             subcommand, ids = self._check_command_line(args, opts)
             with ExitStack() as stack:
                 store = self._open_store(stack)
                 getattr(self, f"_{subcommand}")(store, ids, opts)
-        except _Failure as failure:
+        except Failure as failure:
             print(failure, file=sys.stderr)
             self.exitcode = failure.exitcode
 
@@ -345,114 +292,53 @@ class Command(ScrapyCommand):
 
     def _check_command_line(self, args: list[str], opts: argparse.Namespace) -> tuple[str, list[str]]:
         if not args:
-            raise _Failure(f"Missing subcommand: scrapy checkpoint {self.syntax()}", USAGE_ERROR)
+            raise Failure(f"Missing subcommand: scrapy checkpoint {self.syntax()}", USAGE_ERROR)
         subcommand, ids = args[0], args[1:]
         if subcommand not in SUBCOMMANDS:
-            raise _Failure(f"Unknown subcommand {subcommand!r}: use one of {', '.join(SUBCOMMANDS)}.", USAGE_ERROR)
+            raise Failure(f"Unknown subcommand {subcommand!r}: use one of {', '.join(SUBCOMMANDS)}.", USAGE_ERROR)
         for arg in ids:
             if arg.startswith("-"):
-                raise _Failure(f"Unknown option {arg!r} (scrapy checkpoint -h lists them).", USAGE_ERROR)
+                raise Failure(f"Unknown option {arg!r} (scrapy checkpoint -h lists them).", USAGE_ERROR)
         for dest, (flag, subcommands) in OPTIONS.items():
             if getattr(opts, dest) not in (None, False, []) and subcommand not in subcommands:
-                raise _Failure(f"{flag} is an option of {' and '.join(sorted(subcommands))}, "
+                raise Failure(f"{flag} is an option of {' and '.join(sorted(subcommands))}, "
                                f"not of {subcommand}.", USAGE_ERROR)
         wanted = {"list": (0, 0), "prune": (0, 0), "stats": (0, 0), "show": (1, 1), "export": (1, 1), "delete": (1, None)}
         least, most = wanted[subcommand]
         if len(ids) < least or (most is not None and len(ids) > most):
             what = {0: "no checkpoint id", 1: "one checkpoint id"}[most] if most is not None else "checkpoint ids"
-            raise _Failure(f"scrapy checkpoint {subcommand} takes {what}, not {len(ids)}.", USAGE_ERROR)
+            raise Failure(f"scrapy checkpoint {subcommand} takes {what}, not {len(ids)}.", USAGE_ERROR)
         valid = [s.value for s in CheckpointStatus]
         for status in opts.status or ():
             if status not in valid:
-                raise _Failure(f"--status ({status!r}) must be one of {', '.join(valid)}.", USAGE_ERROR)
+                raise Failure(f"--status ({status!r}) must be one of {', '.join(valid)}.", USAGE_ERROR)
         opts.age = None
         if opts.older_than is not None:
             try:
                 opts.age = parse_duration(opts.older_than)
             except ValueError:
-                raise _Failure(
+                raise Failure(
                     f"--older-than ({opts.older_than!r}) must be a duration: a number and d, h, m or s, "
                     "as in 30d, 12h, 90m, 45s.", USAGE_ERROR,
                 ) from None
         if subcommand == "prune" and not any((opts.age is not None, opts.status, opts.spider, opts.site, opts.job)):
-            raise _Failure("prune needs --older-than, --status, --spider, --site or --job to select "
+            raise Failure("prune needs --older-than, --status, --spider, --site or --job to select "
                            "what it deletes.", USAGE_ERROR)
         if subcommand == "export" and len((opts.output or []) + (opts.overwrite_output or [])) != 1:
-            raise _Failure("export needs one -o FILE (append) or -O FILE (overwrite).", USAGE_ERROR)
+            raise Failure("export needs one -o FILE (append) or -O FILE (overwrite).", USAGE_ERROR)
         return subcommand, ids
-
-    # -- the store -------------------------------------------------------------------------
-
-    #: CHECKPOINT_LEASE_TIMEOUT: a worker sharing a checkpoint not seen for longer is gone.
-    _lease_timeout = 0.0
-
-    def _open_store(self, stack: ExitStack) -> CheckpointStore | None:
-        """The store the settings select, open; None for an SQLite file that does not exist
-        yet (no checkpoint to show, and nothing created by looking)."""
-        assert self.settings is not None
-        settings = self.settings.copy()
-        # The command is about checkpoints: it reads their store whether crawls use it or not.
-        settings.set("CHECKPOINT_ENABLED", True, priority="cmdline")
-        self._secrets = secrets_of(settings.get("CHECKPOINT_REDIS_URL")) | secrets_of(
-            settings.get("CHECKPOINT_MONGO_URI"))
-        self._where = "the checkpoint store"
-        with self._store_errors():
-            checkpoint_settings = CheckpointSettings.from_settings(settings)
-            self._lease_timeout = checkpoint_settings.lease_timeout
-            store = store_class(checkpoint_settings).from_checkpoint_settings(checkpoint_settings)
-            self._where = store.describe()
-            if isinstance(store, SQLiteCheckpointStore) and not store.path.exists():
-                return None
-            store.open()
-        stack.callback(self._close, store)
-        return store
-
-    def _close(self, store: CheckpointStore) -> None:
-        with self._store_errors():
-            store.close()
-
-    @contextmanager
-    def _store_errors(self) -> Iterator[None]:
-        """Whatever a store call raises, as the command's one-line failure."""
-        try:
-            yield
-        except _Failure:
-            raise
-        except Exception as exc:
-            raise _Failure(self._error_line(exc)) from None
-
-    def _error_line(self, exc: BaseException) -> str:
-        """One line for a failed store call: the store's own message when it has one (they
-        name the store, redacted), else the store and the exception; never a secret."""
-        if isinstance(exc, (CheckpointError, ValueError, ImportError)):
-            text = str(exc)
-        else:
-            text = f"{self._where} failed: {type(exc).__name__}: {exc}"
-        return _one_line(scrub(text, self._secrets))
 
     def _get(self, store: CheckpointStore | None, checkpoint_id: str) -> Checkpoint:
         try:
             with self._store_errors():
                 checkpoint = None if store is None else store.get(checkpoint_id)
-        except _Failure as failure:
+        except Failure as failure:
             if isinstance(failure.__context__, CorruptCheckpointError):
-                raise _Failure(f"{failure} (scrapy checkpoint delete {checkpoint_id} removes it)") from None
+                raise Failure(f"{failure} (scrapy checkpoint delete {checkpoint_id} removes it)") from None
             raise
         if checkpoint is None:
-            raise _Failure(f"No checkpoint {checkpoint_id} in {self._where}.")
+            raise Failure(f"No checkpoint {checkpoint_id} in {self._where}.")
         return checkpoint
-
-    def _guarded(self, iterable: Iterable[Any]) -> Iterator[Any]:
-        """*iterable*, a store's, with its errors turned into the command's failure (and not
-        those of the code that consumes it)."""
-        iterator = iter(iterable)
-        while True:
-            with self._store_errors():
-                try:
-                    value = next(iterator)
-                except StopIteration:
-                    return
-            yield value
 
     def _select(self, store: CheckpointStore | None, opts: argparse.Namespace) -> list[Checkpoint]:
         if store is None:
@@ -519,7 +405,7 @@ class Command(ScrapyCommand):
             for checkpoint_id in deleted:
                 print(f"Deleted checkpoint {checkpoint_id}.")
         if missing:
-            raise _Failure("\n".join(f"No checkpoint {i} in {self._where}." for i in missing))
+            raise Failure("\n".join(f"No checkpoint {i} in {self._where}." for i in missing))
 
     def _prune(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
         cutoff = None if opts.age is None else utcnow() - opts.age
@@ -540,7 +426,7 @@ class Command(ScrapyCommand):
             return
         verb = "Would delete" if opts.dry_run else "Deleted"
         note = " (dry run: nothing deleted)" if opts.dry_run else ""
-        print(f"{verb} {_count(len(pruned), 'checkpoint')} from {self._where}{note}:")
+        print(f"{verb} {count(len(pruned), 'checkpoint')} from {self._where}{note}:")
         print(checkpoint_table(pruned))
 
     def _export(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
@@ -552,7 +438,7 @@ class Command(ScrapyCommand):
             feeds = feed_process_params_from_cli(settings, opts.output or [],
                                                  overwrite_output=opts.overwrite_output or [])
         except UsageError as exc:
-            raise _Failure(str(exc), USAGE_ERROR) from None
+            raise Failure(str(exc), USAGE_ERROR) from None
         ((uri, options),) = feeds.items()
         feed = feed_complete_default_values_from_settings(options, self.settings)
         exporter_class = load_object(self.settings.getwithbase("FEED_EXPORTERS")[feed["format"]])
@@ -562,7 +448,7 @@ class Command(ScrapyCommand):
         first = next(items, None)
         scraped = checkpoint.pipeline_data.extraction_results.items_scraped
         if first is None and scraped:
-            raise _Failure(f"Checkpoint {checkpoint.checkpoint_id} holds none of the {scraped} items its "
+            raise Failure(f"Checkpoint {checkpoint.checkpoint_id} holds none of the {scraped} items its "
                            "crawl scraped: it ran without CHECKPOINT_STORE_ITEMS = True.")
         path = _output_path(uri)
         with _open_output(path, overwrite=bool(feed.get("overwrite"))) as file:
@@ -586,7 +472,7 @@ def _output_path(uri: str) -> Path | None:
     if uri.startswith("file://"):
         return Path(file_uri_to_path(uri))
     if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+://", uri):
-        raise _Failure(f"export writes a local file or standard output (-o -:FORMAT), not {uri}.", USAGE_ERROR)
+        raise Failure(f"export writes a local file or standard output (-o -:FORMAT), not {uri}.", USAGE_ERROR)
     return Path(uri)
 
 
@@ -606,7 +492,7 @@ def _open_output(path: Path | None, overwrite: bool) -> Iterator[IO[bytes]]:
         if overwrite:
             os.replace(target, path)
     except OSError as exc:
-        raise _Failure(f"Cannot write {path}: {exc.strerror or exc}.") from None
+        raise Failure(f"Cannot write {path}: {exc.strerror or exc}.") from None
     finally:
         if overwrite:
             target.unlink(missing_ok=True)
