@@ -251,15 +251,9 @@ class CheckpointExtension:
 
     # Opening and resuming
 
-    def _identity(self, spider: Spider) -> tuple[str, str, str]:
-        domains = getattr(spider, "allowed_domains", None) or []
-        site = getattr(spider, "checkpoint_site_domain", None) or (domains[0] if domains else spider.name)
-        job = getattr(spider, "checkpoint_job_type", None) or "default"
-        return spider.name, str(site), str(job)
-
     async def spider_opened(self, spider: Spider) -> None:
         started = time.perf_counter()
-        site = self._identity(spider)[1]
+        site = checkpoint_identity(spider)[1]
         if site in self.settings.site_limits:
             self.settings = self.settings.for_site(site)
             logger.info(
@@ -268,7 +262,7 @@ class CheckpointExtension:
                 {"site": site, "interval": self.settings.flush_interval, "batch": self.settings.batch_size},
             )
         self._feeds = self._find_feeds()
-        self.metrics.opened(*self._identity(spider), self.store.name)
+        self.metrics.opened(*checkpoint_identity(spider), self.store.name)
         try:
             try:
                 await run_in_thread(self.store.open)
@@ -365,7 +359,7 @@ class CheckpointExtension:
     async def _load_or_create(self, spider: Spider) -> tuple[Checkpoint, bool]:
         if self.worker is not None:
             return await self._join(spider), False
-        name, site, job = self._identity(spider)
+        name, site, job = checkpoint_identity(spider)
         settings = self.settings
         found: Checkpoint | None
         if settings.checkpoint_id:
@@ -404,7 +398,7 @@ class CheckpointExtension:
         return checkpoint, False
 
     def _new_checkpoint(self, spider: Spider, checkpoint_id: str | None = None) -> Checkpoint:
-        name, site, job = self._identity(spider)
+        name, site, job = checkpoint_identity(spider)
         fields = {} if checkpoint_id is None else {"checkpoint_id": checkpoint_id}
         checkpoint = Checkpoint.new(ttl=self.settings.ttl, spider=name, site_domain=site, job_type=job, **fields)
         self.runs.begin(checkpoint)
@@ -426,7 +420,7 @@ class CheckpointExtension:
         (CHECKPOINT_RESUME) the newest resumable one of the job, else a new one. Its requests
         are in scrapy-redis's queue: nothing is restored; this worker's feeds start anew."""
         started = time.perf_counter()
-        name, site, job = self._identity(spider)
+        name, site, job = checkpoint_identity(spider)
         settings = self.settings
         take = None
         if settings.resume:
@@ -1091,6 +1085,15 @@ class CheckpointExtension:
     def _scrub(self, exc: Exception) -> str:
         """The exception, named, with any credential of the store URLs hidden."""
         return scrub(f"{type(exc).__name__}: {exc}", self._secrets)
+
+
+def checkpoint_identity(spider: Spider | type[Spider]) -> tuple[str, str, str]:
+    """The spider, site and job type a spider's checkpoints are found by (a class gives
+    what its instances will, unless their arguments change the attributes)."""
+    domains = getattr(spider, "allowed_domains", None) or []
+    site = getattr(spider, "checkpoint_site_domain", None) or (domains[0] if domains else spider.name)
+    job = getattr(spider, "checkpoint_job_type", None) or "default"
+    return str(spider.name), str(site), str(job)
 
 
 def _process_exists(pid: int) -> bool:

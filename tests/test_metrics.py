@@ -22,6 +22,7 @@ from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
 
 from scrapy_checkpoint import CheckpointExtension
+from scrapy_checkpoint.extension import checkpoint_identity
 from scrapy_checkpoint.metrics import (
     CheckpointMetrics,
     PrometheusCheckpointMetrics,
@@ -229,7 +230,7 @@ def test_extension_updates_metrics(tmp_path):
     ext = build_from_crawler(CheckpointExtension, crawler)
     metrics = ext.metrics
     assert isinstance(metrics, PrometheusCheckpointMetrics)
-    metrics.opened(*ext._identity(spider), ext.store.name)
+    metrics.opened(*checkpoint_identity(spider), ext.store.name)
     try:
         ext.request_scheduled(Request("http://shop.test/p/1"), spider)
         ext.request_scheduled(Request("http://shop.test/p/2"), spider)
