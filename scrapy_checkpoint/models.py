@@ -24,6 +24,11 @@ def expiry(now: datetime, ttl: float) -> datetime | None:
     return now + timedelta(seconds=ttl) if ttl > 0 else None
 
 
+#: Job types of the crawls `scrapy query` runs start with it; the rest is a digest of the
+#: query's intent, so that the same query, asked again, resumes or reuses the same crawls.
+QUERY_JOB_PREFIX = "query-"
+
+
 class CheckpointStatus(str, Enum):
     """``active`` and ``failed`` checkpoints can be resumed; ``completed`` ones are archived."""
 
@@ -269,6 +274,8 @@ class UserQuery(_Model):
     raw_query: str = Field(min_length=1)
     parsed_intent: ParsedIntent = Field(default_factory=ParsedIntent)
     created_at: datetime = Field(default_factory=utcnow)
+    #: Set by the store from the TTL it is saved with; None keeps it for ever.
+    expires_at: datetime | None = None
 
 
 class QuerySessionStatus(str, Enum):
@@ -295,3 +302,6 @@ class QuerySession(_Model):
     status: QuerySessionStatus = QuerySessionStatus.PENDING
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    completed_at: datetime | None = None
+    #: Set by the store from the TTL it is saved with; None keeps it for ever.
+    expires_at: datetime | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,12 @@ DEFAULTS: dict[str, Any] = {
     # Bytes the store may use, for scrapy_checkpoint_storage_used_ratio; None: the free disk
     # space (SQLite) or Redis maxmemory.
     "CHECKPOINT_STORAGE_LIMIT": None,
+    # `scrapy query`: the key user ids are hashed with before they are stored (None: the
+    # environment variable below, else no user id can be stored).
+    "CHECKPOINT_QUERY_SECRET": None,
+    # `scrapy query`: item fields to read for a conventional name, before the conventional
+    # fields themselves, e.g. {"price": "cost", "title": ["headline", "label"]}.
+    "CHECKPOINT_QUERY_FIELDS": {},
 }
 
 #: The scheduler of scrapy-redis, whose queue workers on several machines share.
@@ -66,6 +72,8 @@ REDIS_SCHEDULER = "scrapy_redis.scheduler.Scheduler"
 
 #: The environment variable that turns checkpoints on, like CHECKPOINT_ENABLED.
 ENV_SWITCH = "ENABLE_CHECKPOINTS"
+#: The environment variable CHECKPOINT_QUERY_SECRET falls back to.
+QUERY_SECRET_ENV = "SCRAPY_CHECKPOINT_QUERY_SECRET"
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -183,6 +191,26 @@ def _site_limits(settings: BaseSettings) -> dict[str, dict[str, Any]]:
     return limits
 
 
+def _query_fields(settings: BaseSettings) -> dict[str, tuple[str, ...]]:
+    name = "CHECKPOINT_QUERY_FIELDS"
+    try:
+        raw = settings.getdict(name)
+    except (TypeError, ValueError):
+        raw = None
+    fields: dict[str, tuple[str, ...]] = {}
+    for key, value in (raw or {}).items():
+        names = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else ()
+        if isinstance(key, str) and key and names and all(isinstance(n, str) and n for n in names):
+            fields[key] = names
+            continue
+        raw = None
+        break
+    if raw is None:
+        raise ValueError(f"{name} ({settings.get(name)!r}) must map conventional names (price, title, "
+                         'color...) to item field names, e.g. {"price": "cost", "title": ["headline", "label"]}.')
+    return fields
+
+
 def _optional_str(settings: BaseSettings, name: str) -> str | None:
     value = settings.get(name)
     if value is None or value == "":
@@ -207,6 +235,24 @@ def _optional_int(
             or value < low or (high is not None and value > high)):
         raise ValueError(f"{name} ({raw!r}) must be {rule}. Set it to e.g. {example!r}, or None.")
     return value
+
+
+def query_secret(settings: BaseSettings) -> str | None:
+    """CHECKPOINT_QUERY_SECRET, else the environment variable SCRAPY_CHECKPOINT_QUERY_SECRET;
+    None when neither is set. Also for commands that run without checkpoints on. A bad value
+    is described, never shown: it is a secret."""
+    name, secret = "CHECKPOINT_QUERY_SECRET", settings.get("CHECKPOINT_QUERY_SECRET")
+    if secret is None or secret == "":
+        name, secret = f"The environment variable {QUERY_SECRET_ENV}", os.environ.get(QUERY_SECRET_ENV) or None
+    if secret is None:
+        return None
+    what = f"of type {type(secret).__name__}" if not isinstance(secret, str) else "blank" if not secret.strip() else None
+    if what is not None:
+        raise ValueError(
+            f"{name} ({what}) must be a long random string, e.g. the output of: "
+            "python -c 'import secrets; print(secrets.token_hex(32))'; or unset, to store no user ids."
+        )
+    return secret
 
 
 def _prometheus(settings: BaseSettings) -> tuple[int | None, str, str | None]:
@@ -264,6 +310,10 @@ class CheckpointSettings:
     prometheus_pushgateway: str | None = None
     #: Bytes the store may use; None: measured (disk space, Redis maxmemory) where it can be.
     storage_limit: int | None = None
+    #: The key of stored user ids (queries.privacy.user_key); never in a repr or a log.
+    query_secret: str | None = field(default=None, repr=False)
+    #: CHECKPOINT_QUERY_FIELDS: item fields read first for each conventional name.
+    query_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def for_site(self, site: str) -> CheckpointSettings:
         """These settings with *site*'s own CHECKPOINT_SITE_LIMITS, if it has any."""
@@ -332,6 +382,8 @@ class CheckpointSettings:
             prometheus_pushgateway=prometheus_pushgateway,
             storage_limit=_optional_int(settings, "CHECKPOINT_STORAGE_LIMIT", 1, None,
                                         "a positive whole number of bytes", 10 * 2**30),
+            query_secret=query_secret(settings),
+            query_fields=_query_fields(settings),
         )
 
 

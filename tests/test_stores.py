@@ -318,6 +318,9 @@ class SharedWriters:
     def test_batches_of_workers_sharing_a_checkpoint_all_count(self, store):
         checkpoint = new_checkpoint(checkpoint_id="a", runs=[run(1)])
         store.create(checkpoint)
+        # Another shared checkpoint beside it, whose batches must not land in this one.
+        store.create(new_checkpoint(checkpoint_id="b"))
+        store.apply("b", batch(1, writer="w1.host:7", discovered=[discovered(9)]), TTL)
         # Both apply, a repeat of either does not; a worker name may hold dots (a host name).
         store.apply("a", batch(1, writer="w1.host:7", discovered=[discovered(1), discovered(2)],
                                item_counts={"Item": 1}, items=[("Item", {"n": 1})],
@@ -343,7 +346,9 @@ class SharedWriters:
                                took_over=["w2"]), TTL)
         assert sorted((o["worker"], o["length"]) for o in store.get("a").pipeline_data.outputs) == [
             ("w1.host:7", 10), ("w3", 25)]
-        assert [c.checkpoint_id for c in store.list_checkpoints()] == ["a"]
+        assert sorted(c.checkpoint_id for c in store.list_checkpoints()) == ["a", "b"]
+        other = store.get("b")
+        assert (other.seq, other.pipeline_data.urls_discovered, other.pipeline_data.urls_processed) == (1, 1, 0)
         # A crawl on one machine resuming it alone numbers its batches after the record's seq.
         seq = store.get("a").seq
         store.apply("a", batch(seq + 1, processed=[fp(3)]), TTL)
@@ -922,7 +927,9 @@ class TestMongoDBStore(StoreContract, SharedWriters):
                   items=[("Product", {"sku": "A1"})], item_counts={"Product": 1},
                   pagination={"http://shop.test/c/a": 2}, pipeline_step=1)
         # Killed mid-apply: the batch journaled, one URL of it written, the record not updated.
-        slot = None if writer is None else store._slot(cid, store._record_seqs(cid))
+        from scrapy_checkpoint.stores.mongodb import _encode_key
+
+        slot = None if writer is None else store._slot(cid, store._record_seqs(cid), _encode_key(writer))
         entry = store._journal(cid, b, TTL, slot)
         store.db["checkpoint_journal"].insert_one(dict(entry))
         store.db["checkpoint_urls"].update_one({"_id": f"{cid}/{fp(1).hex()}"}, {"$set": {"processed": True}})

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..models import CheckpointStatus
+from pydantic import BaseModel
+
+from ..models import CheckpointStatus, QuerySession, QuerySessionStatus, UserQuery, expiry, utcnow
 
 if TYPE_CHECKING:
     from ..models import Batch, Checkpoint
     from ..settings import CheckpointSettings
+
+_Q = TypeVar("_Q", UserQuery, QuerySession)
 
 #: A status filter: one status, or any of several; None for every status.
 StatusFilter = CheckpointStatus | str | Iterable[CheckpointStatus | str] | None
@@ -23,6 +27,22 @@ def statuses(status: StatusFilter) -> tuple[str, ...] | None:
     if isinstance(status, (str, CheckpointStatus)):
         status = [status]
     return tuple(dict.fromkeys(CheckpointStatus(s).value for s in status))
+
+
+def query_ttl(settings: CheckpointSettings, status: QuerySessionStatus | str) -> float:
+    """The TTL to save a query session (and its user query) with, as checkpoints get theirs:
+    ``CHECKPOINT_ARCHIVE_TTL`` once it completed (0 keeps it for ever), else ``CHECKPOINT_TTL``."""
+    if QuerySessionStatus(status) is QuerySessionStatus.COMPLETED:
+        return settings.archive_ttl
+    return settings.ttl
+
+
+def query_record(model: type[_Q], value: _Q | Mapping[str, Any], ttl: float) -> _Q:
+    """*value* validated as *model* (again: a model built with ``model_construct``, or a dict,
+    may be invalid), with ``expires_at`` *ttl* seconds from now (None for a TTL of 0)."""
+    data = value.model_dump(warnings=False) if isinstance(value, BaseModel) else dict(value)
+    data["expires_at"] = expiry(utcnow(), ttl)
+    return model.model_validate(data)
 
 
 class CheckpointStore(ABC):
@@ -116,6 +136,55 @@ class CheckpointStore(ABC):
         """About how many bytes the checkpoint takes in the store, if the store can tell
         cheaply; None otherwise."""
         return None
+
+    # -- user queries and query sessions (``scrapy query``) --------------------------------
+    #
+    # Stored as given: a user id is already a keyed hash (queries.privacy.user_key) and the
+    # query text already masked (queries.privacy.mask_query) when they reach a store. A save
+    # replaces the document of the same id. *ttl*: seconds it is kept from now, 0 for ever
+    # (see query_ttl); it expires like a checkpoint. Expired documents are never returned.
+
+    def save_user_query(self, query: UserQuery | Mapping[str, Any], ttl: float = 0.0) -> UserQuery:
+        """Validate and insert or replace *query*; returns it as stored (with ``expires_at``).
+        Raises pydantic's ValidationError, writing nothing, for an invalid one."""
+        record = query_record(UserQuery, query, ttl)
+        self._save_query_record(record, ttl)
+        return record
+
+    @abstractmethod
+    def get_user_query(self, query_id: str) -> UserQuery | None:
+        """The user query, None if absent or expired."""
+
+    @abstractmethod
+    def list_user_queries(self, user_id: str | None = None, limit: int | None = None) -> Iterator[UserQuery]:
+        """User queries, newest first (by ``created_at``): those of *user_id* (compared as
+        stored, i.e. already hashed) or of everyone; *limit* at most. Through an index, never a
+        scan of the store; a document that cannot be read is logged and left out."""
+
+    @abstractmethod
+    def delete_user_query(self, query_id: str) -> bool:
+        """Remove the user query and its sessions; False when the store holds none of them."""
+
+    def save_query_session(self, session: QuerySession | Mapping[str, Any], ttl: float = 0.0) -> QuerySession:
+        """Validate and insert or replace *session*; returns it as stored (with ``expires_at``).
+        Set its ``updated_at`` when it changes: a store that holds two copies keeps the newer."""
+        record = query_record(QuerySession, session, ttl)
+        self._save_query_record(record, ttl)
+        return record
+
+    @abstractmethod
+    def _save_query_record(self, record: UserQuery | QuerySession, ttl: float) -> None:
+        """Insert or replace *record* (valid, its ``expires_at`` set) as it is, to expire in
+        *ttl* seconds (0: never)."""
+
+    @abstractmethod
+    def get_query_session(self, session_id: str) -> QuerySession | None:
+        """The query session, None if absent or expired."""
+
+    @abstractmethod
+    def list_query_sessions(self, query_id: str | None = None) -> Iterator[QuerySession]:
+        """The sessions of *query_id* (of every query when None), newest first (by
+        ``created_at``); like :meth:`list_user_queries`, through an index."""
 
     def describe(self) -> str:
         """Where the store is, for logs; never includes a credential."""

@@ -20,7 +20,7 @@ except ImportError as exc:
 
 from .._redact import scrub, secrets_of
 from ..exceptions import CheckpointError, CorruptCheckpointError, StoreUnavailable
-from ..models import Batch, Checkpoint
+from ..models import Batch, Checkpoint, QuerySession, UserQuery
 from .base import CheckpointStore, StatusFilter, statuses
 from .mongodb import MongoDBCheckpointStore
 from .redis import RedisCheckpointStore
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_Q = TypeVar("_Q", UserQuery, QuerySession)
 
 #: What makes a store unreachable for now (not wrong): it gets what it missed when it is back.
 _UNAVAILABLE = (StoreUnavailable, redis.RedisError, PyMongoError)
@@ -503,6 +504,94 @@ class HybridCheckpointStore(CheckpointStore):
             if down:
                 raise StoreUnavailable(
                     f"Checkpoint {checkpoint_id} may still be in {' and '.join(down)}: "
+                    "delete it again once the store answers"
+                )
+            return deleted
+
+    # -- user queries and query sessions ---------------------------------------------------
+    #
+    # Simpler than checkpoints: each save goes to MongoDB, then to Redis, and a store that
+    # cannot be reached misses it (nothing is replayed). A document held by both is read from
+    # the one whose copy is newer (a session's updated_at; MongoDB's on a tie, as it gets
+    # every write first), so a copy that missed a save is not used while the other answers.
+
+    def _save_query_record(self, record: UserQuery | QuerySession, ttl: float) -> None:
+        """The same record to both: one ``expires_at``."""
+        with self._lock:
+            saved = False
+            for side in (self.mongodb, self.redis):
+                if side.down and time.monotonic() < side.retry_at:
+                    continue
+                try:
+                    side.store.open()
+                    side.store._save_query_record(record, ttl)
+                    saved = True
+                except _UNAVAILABLE as exc:
+                    self._down(side, exc)
+                    logger.warning("%(kind)s %(id)s was not saved to %(label)s at %(store)s, unavailable: %(error)s",
+                                   {"kind": type(record).__name__, "id": getattr(record, "session_id", record.query_id),
+                                    "label": side.label, "store": side.store.describe(),
+                                    "error": self._text(exc.__cause__ or exc)})
+            if not saved:
+                raise StoreUnavailable(f"Neither store of {self.describe()} is available")
+
+    def get_user_query(self, query_id: str) -> UserQuery | None:
+        return self._get_query(lambda store: store.get_user_query(query_id))
+
+    def get_query_session(self, session_id: str) -> QuerySession | None:
+        return self._get_query(lambda store: store.get_query_session(session_id))
+
+    def _get_query(self, read: Callable[[CheckpointStore], _Q | None]) -> _Q | None:
+        answers, errors = self._read(read)
+        found = [(side, document) for side, document in answers if document is not None]
+        if not found:
+            self._check_none(answers, errors)  # Redis's "none" is sure only with MongoDB's
+            return None
+        return self._newest([document for _, document in sorted(found, key=self._mongodb_first)])
+
+    def list_user_queries(self, user_id: str | None = None, limit: int | None = None) -> Iterator[UserQuery]:
+        found = self._list_queries(lambda store: list(store.list_user_queries(user_id, limit)), "query_id")
+        return iter(found if limit is None else found[:max(limit, 0)])
+
+    def list_query_sessions(self, query_id: str | None = None) -> Iterator[QuerySession]:
+        return iter(self._list_queries(lambda store: list(store.list_query_sessions(query_id)), "session_id"))
+
+    def _list_queries(self, read: Callable[[CheckpointStore], list[_Q]], key: str) -> list[_Q]:
+        """Both stores' lists merged, each document's newer copy, newest first. Like
+        list_checkpoints, it needs MongoDB: Redis alone may have lost some."""
+        answers, errors = self._read(read)
+        self._check_none(answers, errors)
+        copies: dict[str, list[_Q]] = {}
+        for _, documents in sorted(answers, key=self._mongodb_first):
+            for document in documents:
+                copies.setdefault(getattr(document, key), []).append(document)
+        found = [self._newest(documents) for documents in copies.values()]
+        found.sort(key=lambda document: document.created_at, reverse=True)
+        return found
+
+    def _mongodb_first(self, answer: tuple[_Side, Any]) -> bool:
+        return answer[0] is not self.mongodb
+
+    @staticmethod
+    def _newest(copies: list[_Q]) -> _Q:
+        """The copy saved last, as far as it tells (the first of equals)."""
+        return max(copies, key=lambda document: getattr(document, "updated_at", document.created_at))
+
+    def delete_user_query(self, query_id: str) -> bool:
+        """From both stores; StoreUnavailable when one cannot be reached, since the copy left
+        there would come back (run it again once the store answers)."""
+        with self._lock:
+            deleted = False
+            down: list[str] = []
+            for side in (self.mongodb, self.redis):
+                try:
+                    side.store.open()
+                    deleted = side.store.delete_user_query(query_id) or deleted
+                except _UNAVAILABLE as exc:
+                    down.append(f"{side.label} at {side.store.describe()} ({self._text(exc)})")
+            if down:
+                raise StoreUnavailable(
+                    f"User query {query_id} may still be in {' and '.join(down)}: "
                     "delete it again once the store answers"
                 )
             return deleted

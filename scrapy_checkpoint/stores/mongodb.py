@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from .._redact import redact_uri
 from ..exceptions import CorruptCheckpointError, StoreUnavailable
@@ -197,7 +197,8 @@ _USER_QUERY = _object(
         ),
         "created_at": _DATE,
     },
-    _ID,
+    # Optional: queries stored before it existed stay valid.
+    {**_ID, "expires_at": {"bsonType": ["date", "null"]}},
     additionalProperties=False,
 )
 _QUERY_SESSION = _object(
@@ -211,7 +212,8 @@ _QUERY_SESSION = _object(
         "created_at": _DATE,
         "updated_at": _DATE,
     },
-    _ID,
+    # Optional: sessions stored before they existed stay valid.
+    {**_ID, "completed_at": {"bsonType": ["date", "null"]}, "expires_at": {"bsonType": ["date", "null"]}},
     additionalProperties=False,
 )
 
@@ -248,10 +250,20 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("checkpoint_id", ASCENDING), ("seq", ASCENDING), ("part", ASCENDING)],
                    name="checkpoint_seq_part", unique=True),
     ],
-    USER_QUERIES: [IndexModel([("query_id", ASCENDING)], name="query_id", unique=True)],
+    # Lists run newest first, of everyone or of one user (of one query); expired documents
+    # go like checkpoints (a null expires_at never does).
+    USER_QUERIES: [
+        IndexModel([("query_id", ASCENDING)], name="query_id", unique=True),
+        IndexModel([("created_at", DESCENDING)], name="created_at"),
+        IndexModel([("user_id", ASCENDING), ("created_at", DESCENDING)], name="user_created_at"),
+        IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0),
+    ],
     QUERY_SESSIONS: [
         IndexModel([("session_id", ASCENDING)], name="session_id", unique=True),
         IndexModel([("query_id", ASCENDING)], name="query_id"),
+        IndexModel([("created_at", DESCENDING)], name="created_at"),
+        IndexModel([("query_id", ASCENDING), ("created_at", DESCENDING)], name="query_created_at"),
+        IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0),
     ],
 }
 
@@ -388,9 +400,9 @@ def _record_update(header: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
         own = "pipeline_data."
     else:
         # One of several workers: its own seq, feeds and state; 'seq' counts the batches of all.
+        # (Its seq exists: the batch's slot was taken with it.)
         own, seq = f"writers.{writer}.", f"seqs.{writer}"
-        query = {"checkpoint_id": checkpoint_id,
-                 "$or": [{seq: {"$exists": False}}, {seq: {"$lt": batch_seq}}]}
+        query = {"checkpoint_id": checkpoint_id, seq: {"$lt": batch_seq}}
         fields[seq] = batch_seq
         inc["seq"] = 1
         unset.update((f"writers.{dead}.outputs", "") for dead in header.get("took_over", ()))
@@ -481,6 +493,7 @@ class MongoDBCheckpointStore(CheckpointStore):
             self._client, self._db = client, db
         with self._errors():
             self._purge()
+            self._purge_queries()
             self._recover()
 
     def close(self) -> None:
@@ -649,7 +662,7 @@ class MongoDBCheckpointStore(CheckpointStore):
                 raise KeyError(f"checkpoint {checkpoint_id} is not in {self.describe()}")
             if batch.seq <= _applied(record, writer):
                 return  # already applied (a retried flush)
-            slot = None if writer is None and "slots" not in record else self._slot(checkpoint_id, record)
+            slot = None if writer is None and "slots" not in record else self._slot(checkpoint_id, record, writer)
             header = self._journal(checkpoint_id, batch, ttl, slot)
             self.db[JOURNAL].insert_one(header)  # the commit point: from here on the batch is applied
             self._replay(header, record)
@@ -658,16 +671,18 @@ class MongoDBCheckpointStore(CheckpointStore):
         """What says which batches the record holds: its seq, its slots, its writers' seqs."""
         return self.db[CHECKPOINTS].find_one({"checkpoint_id": checkpoint_id}, {"seq": 1, "slots": 1, "seqs": 1})
 
-    def _slot(self, checkpoint_id: str, record: dict[str, Any]) -> int:
+    def _slot(self, checkpoint_id: str, record: dict[str, Any], writer: str | None) -> int:
         """The seq a batch of one of several workers sharing the checkpoint is journaled,
         and its items and URL positions are keyed, under: each worker numbers its batches
-        from 1, so the record hands out slots."""
+        from 1, so the record hands out slots. The writer's seq is 0 from its first slot on,
+        so that the record update of its batch can be conditioned on it."""
         checkpoints = self.db[CHECKPOINTS]
         if "slots" not in record:  # after the batches of a crawl that wrote it alone
             checkpoints.update_one({"checkpoint_id": checkpoint_id, "slots": {"$exists": False}},
                                    {"$set": {"slots": record["seq"]}})
         found = checkpoints.find_one_and_update(
-            {"checkpoint_id": checkpoint_id}, {"$inc": {"slots": 1}}, {"slots": 1},
+            {"checkpoint_id": checkpoint_id},
+            {"$inc": {"slots": 1, **({} if writer is None else {f"seqs.{writer}": 0})}}, {"slots": 1},
             return_document=ReturnDocument.AFTER)
         if found is None:
             raise KeyError(f"checkpoint {checkpoint_id} is not in {self.describe()}")
@@ -832,29 +847,74 @@ class MongoDBCheckpointStore(CheckpointStore):
 
     # -- user queries and query sessions ---------------------------------------------------
 
-    def save_user_query(self, query: UserQuery | Mapping[str, Any]) -> UserQuery:
-        """Insert or replace a user query, validated first; returns the stored model."""
-        return self._save(USER_QUERIES, UserQuery, "query_id", query)
+    def _purge_queries(self) -> None:
+        """Delete expired query documents now: the TTL monitor runs once a minute (and the
+        nx-27017 stand-in has none)."""
+        now = utcnow()
+        try:
+            for name in (USER_QUERIES, QUERY_SESSIONS):
+                self.db[name].delete_many({"expires_at": {"$lt": now}})
+        except PyMongoError as exc:
+            logger.warning("Could not purge expired queries from %(store)s: %(error)r",
+                           {"store": self.describe(), "error": exc})
 
     def get_user_query(self, query_id: str) -> UserQuery | None:
         return self._load(USER_QUERIES, UserQuery, "query_id", query_id)
 
-    def save_query_session(self, session: QuerySession | Mapping[str, Any]) -> QuerySession:
-        """Insert or replace a query session, validated first; returns the stored model."""
-        return self._save(QUERY_SESSIONS, QuerySession, "session_id", session)
-
     def get_query_session(self, session_id: str) -> QuerySession | None:
         return self._load(QUERY_SESSIONS, QuerySession, "session_id", session_id)
 
-    def _save(self, collection: str, model: type[_M], key: str, value: BaseModel | Mapping[str, Any]) -> _M:
-        # Validated again: a model built with model_construct, or a dict, may be invalid.
-        data = value.model_dump(warnings=False) if isinstance(value, BaseModel) else value
-        record = model.model_validate(data)
+    def list_user_queries(self, user_id: str | None = None, limit: int | None = None) -> Iterator[UserQuery]:
+        return self._list(USER_QUERIES, UserQuery, {} if user_id is None else {"user_id": user_id}, limit)
+
+    def list_query_sessions(self, query_id: str | None = None) -> Iterator[QuerySession]:
+        return self._list(QUERY_SESSIONS, QuerySession, {} if query_id is None else {"query_id": query_id})
+
+    def delete_user_query(self, query_id: str) -> bool:
+        """The sessions first: a kill between the two leaves the query, which a second
+        delete removes."""
+        with self._errors():
+            deleted = self.db[QUERY_SESSIONS].delete_many({"query_id": query_id}).deleted_count
+            deleted += self.db[USER_QUERIES].delete_many({"query_id": query_id}).deleted_count
+        return deleted > 0
+
+    def _save_query_record(self, record: UserQuery | QuerySession, ttl: float) -> None:
+        # The TTL index deletes it from its expires_at.
+        collection, key = (USER_QUERIES, "query_id") if isinstance(record, UserQuery) else (QUERY_SESSIONS, "session_id")
         with self._errors():
             self.db[collection].replace_one({key: getattr(record, key)}, record.model_dump(), upsert=True)
-        return record
+
+    @staticmethod
+    def _unexpired(query: dict[str, Any]) -> dict[str, Any]:
+        # A missing expires_at (a document stored before it existed) matches None too. In an
+        # $and: nx-27017 ORs an $or with the fields beside it.
+        return {"$and": [query, {"$or": [{"expires_at": None}, {"expires_at": {"$gte": utcnow()}}]}]}
 
     def _load(self, collection: str, model: type[_M], key: str, value: str) -> _M | None:
         with self._errors():
-            doc = self.db[collection].find_one({key: value}, {"_id": 0})
-        return None if doc is None else model.model_validate(doc)
+            doc = self.db[collection].find_one(self._unexpired({key: value}), {"_id": 0})
+        return None if doc is None else model.model_validate(self._dates(doc))
+
+    def _list(self, collection: str, model: type[_M], query: dict[str, Any],
+              limit: int | None = None) -> Iterator[_M]:
+        """The unexpired documents that match, newest first, read whole before the first is
+        returned; one that cannot be read is logged and left out."""
+        if limit is not None and limit <= 0:
+            return iter([])
+        found = []
+        with self._errors():
+            cursor = self.db[collection].find(self._unexpired(query), {"_id": 0},
+                                              sort=[("created_at", DESCENDING), ("_id", DESCENDING)],
+                                              limit=limit or 0)
+            with cursor:
+                for doc in cursor:
+                    try:
+                        found.append(model.model_validate(self._dates(doc)))
+                    except ValidationError as exc:
+                        logger.warning("Left out of the list: %(kind)s in %(where)s is unreadable: %(error)s",
+                                       {"kind": model.__name__, "where": self._where(collection), "error": exc})
+        return iter(found)
+
+    @staticmethod
+    def _dates(doc: dict[str, Any]) -> dict[str, Any]:
+        return {k: _utc(v) if k.endswith("_at") else v for k, v in doc.items()}

@@ -10,22 +10,26 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     import redis
 except ImportError as exc:
     raise ImportError("RedisCheckpointStore needs redis-py: pip install 'scrapy-checkpoint[redis]'") from exc
 
+from pydantic import ValidationError
+
 from .._redact import redact_uri
 from ..exceptions import CheckpointError, CorruptCheckpointError, StoreUnavailable
-from ..models import RUN_HISTORY, Batch, Checkpoint, expiry, utcnow
+from ..models import RUN_HISTORY, Batch, Checkpoint, QuerySession, UserQuery, expiry, utcnow
 from .base import CheckpointStore, StatusFilter, statuses
 
 if TYPE_CHECKING:
     from ..settings import CheckpointSettings
 
 logger = logging.getLogger(__name__)
+
+_Q = TypeVar("_Q", UserQuery, QuerySession)
 
 #: The keys of one checkpoint, ``{prefix}:cp:{id}:{kind}``, in the order _APPLY takes them.
 _KINDS = ("record", "requests", "pending", "start", "processed", "items", "workers")
@@ -256,6 +260,75 @@ return redis.call('HINCRBY', KEYS[1], 'runs_next', 1)
 """
 
 
+# `scrapy query`'s documents: a user query or a query session, one JSON string each, in an
+# index of all of its kind (a sorted set by created_at) and in its owner's (the user's queries,
+# the query's sessions), and in the index of all of its kind by expiry, which drops the
+# entries of expired documents from the first at each save (a user's or a query's index drops
+# them when read, and expires with the last of its documents).
+#
+# KEYS: the document, the index of all, the index by expiry, the owner's index (none for a
+# query without a user). ARGV: the JSON document, its id, created_at (ms), expires_at (ms,
+# '+inf' for never), ttl (ms, 0 = never), now (ms), the document's owner field, then the
+# owner's index key around the owner's value (prefix, suffix): a save that changes the owner
+# (a query re-saved with another user) takes the entry out of the old owner's index.
+_SAVE_QUERY_DOCUMENT = _LUA_HELPERS + """
+local document, all, by_expiry, owned = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local json, id, created, expires, ttl, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local owner_field, owner_prefix, owner_suffix = ARGV[7], ARGV[8], ARGV[9]
+local old = redis.call('GET', document)
+if old then
+  local ok, decoded = pcall(cjson.decode, old)
+  local was = ok and type(decoded) == 'table' and decoded[owner_field]
+  if type(was) == 'string' then
+    local index = owner_prefix .. was .. owner_suffix
+    if index ~= owned then redis.call('ZREM', index, id) end
+  end
+end
+if ttl > 0 then
+  redis.call('SET', document, json, 'PX', ttl)
+else
+  redis.call('SET', document, json)
+end
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', by_expiry, '-inf', '(' .. now)) do
+  redis.call('ZREM', all, gone)
+end
+redis.call('ZREMRANGEBYSCORE', by_expiry, '-inf', '(' .. now)
+local indexes = {{all, created}, {by_expiry, expires}}
+if owned then table.insert(indexes, {owned, created}) end
+for _, entry in ipairs(indexes) do
+  local left = redis.call('PTTL', entry[1])
+  redis.call('ZADD', entry[1], entry[2], id)
+  outlive(entry[1], left, ttl)
+end
+return 1
+"""
+
+# KEYS: the user query, the query's sessions index, the indexes of all queries, by expiry, of
+# all sessions, by expiry. ARGV: the query id, the user index key around the user (prefix,
+# suffix), the session key around its id (prefix, suffix). Returns how many documents went.
+_DELETE_USER_QUERY = """
+local query, sessions, queries, queries_expiry, all_sessions, sessions_expiry = unpack(KEYS)
+local id, user_prefix, user_suffix, session_prefix, session_suffix = unpack(ARGV)
+local deleted = 0
+local old = redis.call('GET', query)
+if old then
+  local ok, decoded = pcall(cjson.decode, old)
+  local user = ok and type(decoded) == 'table' and decoded.user_id
+  if type(user) == 'string' then redis.call('ZREM', user_prefix .. user .. user_suffix, id) end
+  deleted = redis.call('DEL', query)
+end
+redis.call('ZREM', queries, id)
+redis.call('ZREM', queries_expiry, id)
+for _, session in ipairs(redis.call('ZRANGE', sessions, 0, -1)) do
+  deleted = deleted + redis.call('DEL', session_prefix .. session .. session_suffix)
+  redis.call('ZREM', all_sessions, session)
+  redis.call('ZREM', sessions_expiry, session)
+end
+redis.call('DEL', sessions)
+return deleted
+"""
+
+
 def _ttl_ms(ttl: float) -> int:
     """Milliseconds for PEXPIRE; 0 means persist, so a tiny positive TTL rounds up to 1."""
     return max(1, round(ttl * 1000)) if ttl > 0 else 0
@@ -366,6 +439,8 @@ class RedisCheckpointStore(CheckpointStore):
         self._claim = client.register_script(_CLAIM)
         self._beat = client.register_script(_BEAT)
         self._next_run = client.register_script(_NEXT_RUN)
+        self._save_query_document = client.register_script(_SAVE_QUERY_DOCUMENT)
+        self._delete_user_query = client.register_script(_DELETE_USER_QUERY)
         self._client = client
 
     def close(self) -> None:
@@ -672,3 +747,96 @@ class RedisCheckpointStore(CheckpointStore):
                 return None
         # None for a key that does not exist: the record, or a set that is empty now.
         return sum(size or 0 for size in sizes) if sizes[0] is not None else None
+
+    # -- user queries and query sessions ---------------------------------------------------
+    #
+    # ``{prefix}:query:{id}`` and ``{prefix}:session:{id}`` (JSON); ``{prefix}:queries`` and
+    # ``{prefix}:sessions`` index them all by created_at, ``{prefix}:user-queries:{user id}``
+    # a user's queries, ``{prefix}:query-sessions:{query id}`` a query's sessions;
+    # ``{prefix}:queries:expiry`` and ``{prefix}:sessions:expiry`` by when they expire.
+
+    def _query_key(self, query_id: str) -> str:
+        return f"{self.prefix}:query:{query_id}"
+
+    def _session_key(self, session_id: str) -> str:
+        return f"{self.prefix}:session:{session_id}"
+
+    def _save_query_record(self, record: UserQuery | QuerySession, ttl: float) -> None:
+        if isinstance(record, UserQuery):
+            document_id, kind, plural, owner, owner_id = record.query_id, "query", "queries", "user", record.user_id
+        else:
+            document_id, kind, plural, owner, owner_id = (
+                record.session_id, "session", "sessions", "query", record.query_id)
+        owner_index = f"{self.prefix}:{owner}-{plural}:"  # + the owner's id: a user's queries, a query's sessions
+        keys = [f"{self.prefix}:{kind}:{document_id}", f"{self.prefix}:{plural}", f"{self.prefix}:{plural}:expiry"]
+        if owner_id is not None:
+            keys.append(owner_index + owner_id)
+        with self._errors():
+            self._save_query_document(keys=keys, args=[
+                record.model_dump_json(), document_id, _epoch_ms(record.created_at),
+                _epoch_ms(record.expires_at) or "+inf", _ttl_ms(ttl), _epoch_ms(utcnow()),
+                f"{owner}_id", owner_index, "",
+            ])
+
+    def get_user_query(self, query_id: str) -> UserQuery | None:
+        with self._errors():
+            raw = self.client.get(self._query_key(query_id))
+        return None if raw is None else UserQuery.model_validate_json(raw)
+
+    def get_query_session(self, session_id: str) -> QuerySession | None:
+        with self._errors():
+            raw = self.client.get(self._session_key(session_id))
+        return None if raw is None else QuerySession.model_validate_json(raw)
+
+    def list_user_queries(self, user_id: str | None = None, limit: int | None = None) -> Iterator[UserQuery]:
+        if user_id is None:
+            return iter(self._indexed(UserQuery, f"{self.prefix}:queries", self._query_key, limit))
+        return iter(self._indexed(UserQuery, f"{self.prefix}:user-queries:{user_id}", self._query_key, limit,
+                                  lambda query: query.user_id == user_id))
+
+    def list_query_sessions(self, query_id: str | None = None) -> Iterator[QuerySession]:
+        if query_id is None:
+            return iter(self._indexed(QuerySession, f"{self.prefix}:sessions", self._session_key))
+        return iter(self._indexed(QuerySession, f"{self.prefix}:query-sessions:{query_id}", self._session_key,
+                                  None, lambda session: session.query_id == query_id))
+
+    def _indexed(self, model: type[_Q], index: str, key: Callable[[str], str], limit: int | None = None,
+                 wanted: Callable[[_Q], bool] | None = None) -> list[_Q]:
+        """The documents of *index* (that are *wanted*), newest first, *limit* at most, a page
+        per round trip. Entries whose document expired go from the index as they are met."""
+        found: list[_Q] = []
+        start = 0
+        while limit is None or len(found) < limit:
+            with self._errors():
+                ids = [i.decode() for i in self.client.zrevrange(index, start, start + _PAGE - 1)]
+                raws = self.client.mget([key(i) for i in ids]) if ids else []
+            gone = [i for i, raw in zip(ids, raws) if raw is None]
+            if gone:
+                with self._errors():
+                    self.client.zrem(index, *gone)
+            for document_id, raw in zip(ids, raws):
+                if raw is None:
+                    continue
+                try:
+                    document = model.model_validate_json(raw)
+                except ValidationError as exc:
+                    logger.warning("Left out of the list: %(kind)s %(id)s in %(where)s is unreadable: %(error)s",
+                                   {"kind": model.__name__, "id": document_id, "where": self.describe(), "error": exc})
+                    continue
+                if wanted is None or wanted(document):
+                    found.append(document)
+            if len(ids) < _PAGE:
+                break
+            start += _PAGE - len(gone)  # the entries removed moved the later ones up
+        # Scores are milliseconds: the documents of one sort by their full created_at.
+        found.sort(key=lambda document: document.created_at, reverse=True)
+        return found if limit is None else found[:max(limit, 0)]
+
+    def delete_user_query(self, query_id: str) -> bool:
+        p = self.prefix
+        with self._errors():
+            return self._delete_user_query(
+                keys=[self._query_key(query_id), f"{p}:query-sessions:{query_id}", f"{p}:queries",
+                      f"{p}:queries:expiry", f"{p}:sessions", f"{p}:sessions:expiry"],
+                args=[query_id, f"{p}:user-queries:", "", f"{p}:session:", ""],
+            ) > 0

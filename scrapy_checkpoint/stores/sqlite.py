@@ -10,17 +10,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import ValidationError
 
 from ..exceptions import CheckpointError, CorruptCheckpointError
-from ..models import RESUMABLE, Batch, Checkpoint, utcnow
+from ..models import RESUMABLE, Batch, Checkpoint, QuerySession, UserQuery, utcnow
 from .base import CheckpointStore, StatusFilter, statuses
 
 if TYPE_CHECKING:
     from ..settings import CheckpointSettings
 
 logger = logging.getLogger(__name__)
+
+_Q = TypeVar("_Q", UserQuery, QuerySession)
 
 FILENAME = "checkpoints.sqlite3"
 #: PRAGMA user_version of the layout below; a file of another version is refused, not mangled.
@@ -73,6 +78,45 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_checkpoint ON items (checkpoint);
 """
+
+# `scrapy query`'s documents. Tables added to a layout, never changed: a file of the layout
+# made before them gains them when opened, and older versions of the package ignore them.
+# Times are UTC ISO strings of one width, so that they sort as text.
+_QUERY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS user_queries (
+    id INTEGER PRIMARY KEY,
+    query_id TEXT NOT NULL UNIQUE,
+    user_id TEXT,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS user_queries_created ON user_queries (created_at);
+CREATE INDEX IF NOT EXISTS user_queries_user ON user_queries (user_id, created_at);
+CREATE TABLE IF NOT EXISTS query_sessions (
+    id INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL UNIQUE,
+    query_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS query_sessions_created ON query_sessions (created_at);
+CREATE INDEX IF NOT EXISTS query_sessions_query ON query_sessions (query_id, created_at);
+"""
+
+#: Each kind of query document: its table and its id column.
+_QUERY_TABLES: dict[type, tuple[str, str]] = {
+    UserQuery: ("user_queries", "query_id"),
+    QuerySession: ("query_sessions", "session_id"),
+}
+
+
+def _moment(value: datetime) -> str:
+    """A time as a column: UTC, to the microsecond, always as wide (a naive one is UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _wal_checksum(order: str, data: bytes, s0: int = 0, s1: int = 0) -> tuple[int, int]:
@@ -136,12 +180,13 @@ class SQLiteCheckpointStore(CheckpointStore):
                         f"(layout {version}, this one reads {SCHEMA_VERSION}); point CHECKPOINT_DIR "
                         "elsewhere, or move the file away."
                     )
-                db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+                db.executescript(_SCHEMA + _QUERY_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
             except BaseException:
                 db.close()
                 raise
             self._db = db
             self._purge_expired()
+            self._purge_expired_queries()
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_wal, name=f"checkpoint-wal:{self.path.name}", daemon=True
             )
@@ -499,3 +544,83 @@ class SQLiteCheckpointStore(CheckpointStore):
                 " + (SELECT COALESCE(SUM(LENGTH(CAST(item AS BLOB))), 0) FROM items WHERE checkpoint = :key)",
                 {"key": key},
             ).fetchone()[0]
+
+    # -- user queries and query sessions ---------------------------------------------------
+
+    def _purge_expired_queries(self) -> None:
+        now = _moment(utcnow())
+        with self._transaction() as db:
+            for table, _ in _QUERY_TABLES.values():
+                db.execute(f"DELETE FROM {table} WHERE expires_at IS NOT NULL AND expires_at < ?", (now,))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _save_query_record(self, record: UserQuery | QuerySession, ttl: float) -> None:
+        table, key = _QUERY_TABLES[type(record)]
+        owner = {"user_id": record.user_id} if isinstance(record, UserQuery) else {"query_id": record.query_id}
+        columns = {key: getattr(record, key), **owner, "created_at": _moment(record.created_at),
+                   "expires_at": None if record.expires_at is None else _moment(record.expires_at),
+                   "record": record.model_dump_json()}
+        names = ", ".join(columns)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in columns if name != key)
+        with self._lock, self._damage_named():
+            self.db.execute(
+                f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})"
+                f" ON CONFLICT ({key}) DO UPDATE SET {updates}",
+                tuple(columns.values()),
+            )
+
+    def get_user_query(self, query_id: str) -> UserQuery | None:
+        return next(self._query_documents(UserQuery, "query_id = ?", [query_id]), None)
+
+    def get_query_session(self, session_id: str) -> QuerySession | None:
+        return next(self._query_documents(QuerySession, "session_id = ?", [session_id]), None)
+
+    def list_user_queries(self, user_id: str | None = None, limit: int | None = None) -> Iterator[UserQuery]:
+        where, params = ("user_id = ?", [user_id]) if user_id is not None else ("1", [])
+        return self._query_documents(UserQuery, where, params, limit, listed=True)
+
+    def list_query_sessions(self, query_id: str | None = None) -> Iterator[QuerySession]:
+        where, params = ("query_id = ?", [query_id]) if query_id is not None else ("1", [])
+        return self._query_documents(QuerySession, where, params, listed=True)
+
+    def _query_documents(self, model: type[_Q], where: str, params: list[Any], limit: int | None = None,
+                         listed: bool = False) -> Iterator[_Q]:
+        """The unexpired documents that match, newest first. Read whole before the first is
+        returned: the lock is not held while the caller works. A listed one that cannot be
+        read is logged and left out; a single one raises."""
+        table, key = _QUERY_TABLES[model]
+        query = (f"SELECT {key}, record FROM {table} WHERE {where}"
+                 " AND (expires_at IS NULL OR expires_at >= ?) ORDER BY created_at DESC, id DESC")
+        params = [*params, _moment(utcnow())]
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(max(limit, 0))
+        with self._lock, self._damage_named():
+            rows = self.db.execute(query, params).fetchall()
+        return self._parse_query_documents(model, rows, listed)
+
+    def _parse_query_documents(self, model: type[_Q], rows: list[tuple[str, str]], listed: bool) -> Iterator[_Q]:
+        for document_id, record in rows:
+            try:
+                yield model.model_validate_json(record)
+            except ValidationError as exc:
+                if not listed:
+                    raise
+                logger.warning("Left out of the list: %(kind)s %(id)s in %(where)s is unreadable: %(error)s",
+                               {"kind": model.__name__, "id": document_id, "where": self.describe(), "error": exc})
+
+    def delete_user_query(self, query_id: str) -> bool:
+        with self._lock, self._damage_named(), self._transaction() as db:
+            deleted = db.execute("DELETE FROM query_sessions WHERE query_id = ?", (query_id,)).rowcount
+            deleted += db.execute("DELETE FROM user_queries WHERE query_id = ?", (query_id,)).rowcount
+        return deleted > 0
