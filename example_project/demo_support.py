@@ -1,4 +1,4 @@
-"""Helpers to start the demo shop, run (and kill) crawls of it, and count the damage.
+"""Helpers to start the demo shops, run (and kill) crawls of them, and count the damage.
 
 Used by ``run_demo.py``, the end-to-end tests and the benchmarks. Crawls write their items
 with Scrapy's own feed export (``-o``), as a user's would. Stdlib only, so importing this
@@ -30,6 +30,10 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DEMO_SHOP = PROJECT_DIR / "demo_shop.py"
 URL_PREFIX = "DEMO_SHOP_URL="
 SPIDER_NAME = "products"
+FASHION_SHOP = PROJECT_DIR / "fashion_shop.py"
+FASHION_URL_PREFIX = "FASHION_SHOP_URL="
+#: The environment variable each fashion shop's spider reads its URL from.
+FASHION_URL_VARIABLES = {"northwind": "NORTHWIND_URL", "lumiere": "LUMIERE_URL"}
 
 #: Seconds a single crawl may run before it is killed and reported as hung.
 DEFAULT_TIMEOUT = 300.0
@@ -71,6 +75,13 @@ def start_shop(
     ]
     if log is not None:
         command.append(f"--log={os.fspath(log)}")
+    return _start_server(command, URL_PREFIX, "demo shop", startup_timeout)
+
+
+def _start_server(
+    command: list[str], prefix: str, what: str, startup_timeout: float
+) -> tuple[subprocess.Popen[str], str]:
+    """Start a shop's *command*; return the process and the URL it prints after *prefix*."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     # A shop that fails to bind or crashes must not hang the caller on readline().
@@ -78,13 +89,13 @@ def start_shop(
         selector.register(process.stdout, selectors.EVENT_READ)
         ready = selector.select(startup_timeout)
     line = process.stdout.readline().strip() if ready else ""
-    if not line.startswith(URL_PREFIX):
+    if not line.startswith(prefix):
         stop_shop(process)
         raise RuntimeError(
-            f"demo shop did not print its URL within {startup_timeout:g} s"
+            f"{what} did not print its URL within {startup_timeout:g} s"
             f" (exit code {process.returncode}, first line {line!r})"
         )
-    return process, line[len(URL_PREFIX) :]
+    return process, line[len(prefix) :]
 
 
 def stop_shop(process: subprocess.Popen[Any], timeout: float = 5.0) -> int:
@@ -106,6 +117,37 @@ def running_shop(log: str | os.PathLike[str], **options: Any) -> Iterator[str]:
     """A shop (:func:`start_shop` with *options*, logging to *log*) for the length of a
     ``with`` block; yields its URL."""
     process, url = start_shop(log=log, **options)
+    try:
+        yield url
+    finally:
+        stop_shop(process)
+
+
+@contextmanager
+def running_fashion_shop(
+    shop: str,
+    log: str | os.PathLike[str] | None = None,
+    products: int = 300,
+    latency: float = 0.0,
+    *,
+    per_page: int = 24,
+    startup_timeout: float = 10.0,
+) -> Iterator[str]:
+    """A fashion shop (``fashion_shop.py --shop SHOP``: ``northwind`` or ``lumiere``) for the
+    length of a ``with`` block; yields its URL, which its spider reads from ``-a base_url=``
+    or ``FASHION_URL_VARIABLES[shop]``."""
+    command = [
+        sys.executable,
+        str(FASHION_SHOP),
+        f"--shop={shop}",
+        "--port=0",
+        f"--products={products}",
+        f"--per-page={per_page}",
+        f"--latency={latency}",
+    ]
+    if log is not None:
+        command.append(f"--log={os.fspath(log)}")
+    process, url = _start_server(command, FASHION_URL_PREFIX, f"{shop} shop", startup_timeout)
     try:
         yield url
     finally:
