@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy.utils.asyncio import run_in_thread
 
+from .models import QUERY_JOB_PREFIX
+
 if TYPE_CHECKING:
     from scrapy.statscollectors import StatsCollector
 
@@ -202,6 +204,8 @@ class PrometheusCheckpointMetrics(CheckpointMetrics):
         self._serve = prom.start_http_server
 
     def opened(self, spider: str, site: str, job_type: str, store: str) -> None:
+        # The crawls of `scrapy query` have a job type per query: one label value for all.
+        job_type = "query" if job_type.startswith(QUERY_JOB_PREFIX) else job_type
         self._labels = {"spider": spider, "site": site, "job_type": job_type}
         self._store = store
         job, with_store = self._labels, self._store_labels()

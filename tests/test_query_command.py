@@ -1,0 +1,198 @@
+"""End to end: `scrapy query` subprocesses in the demo project against two fashion shops (one
+in USD, one in EUR), their answers checked against the shops' catalogs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+
+import demo_support
+import pytest
+from fashion_shop import Catalog
+
+from scrapy_checkpoint.stores import SQLiteCheckpointStore
+
+from .test_commands import Run
+
+pytestmark = pytest.mark.e2e
+
+PRODUCTS = 150
+SECRET = "test-secret-of-the-suite"
+SITES = {"northwind": "northwind.test", "lumiere": "lumiere.test"}
+#: A hang guard only.
+PATIENCE = 120.0
+
+
+def shops_running(directory, latency=0.0):
+    """Both shops; yields {spider name: url}; each logs its requests to <name>.log in *directory*."""
+    stack = ExitStack()
+    urls = {name: stack.enter_context(demo_support.running_fashion_shop(
+        name, directory / f"{name}.log", products=PRODUCTS, latency=latency)) for name in SITES}
+    return stack, urls
+
+
+@pytest.fixture(scope="module")
+def shops(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("shops")
+    stack, urls = shops_running(directory)
+    with stack:
+        yield urls, directory
+
+
+def query_command(directory, urls, *args, **settings):
+    """``scrapy query ARGS`` asking both shops (the demo project's `products` spider is not
+    one of them), with the checkpoints of *directory*."""
+    settings = {"CHECKPOINT_DIR": str(directory / "checkpoints"), "CHECKPOINT_QUERY_SECRET": SECRET, **settings}
+    command = [sys.executable, "-m", "scrapy", "query", *args, "--spider", "northwind", "--spider", "lumiere"]
+    for name, value in settings.items():
+        command += ["-s", demo_support.setting_arg(name, value)]
+    env = {**os.environ, **{demo_support.FASHION_URL_VARIABLES[n]: url for n, url in urls.items()}}
+    return command, env
+
+
+def scrapy_query(directory, urls, *args, **settings) -> Run:
+    command, env = query_command(directory, urls, *args, **settings)
+    done = subprocess.run(command, cwd=demo_support.PROJECT_DIR, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=PATIENCE, env=env)
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def expected(keep, currency=None):
+    """The products of both catalogs that *keep* accepts (and, for a query in a currency, only
+    those priced in it), cheapest first; ties by title, then site: (site, sku, price)."""
+    found = []
+    for name, site in SITES.items():
+        for product in Catalog(name, PRODUCTS).products:
+            if keep(product) and currency in (None, product["currency"]):
+                found.append((product["price"], product["title"], site, product["sku"]))
+    return [(site, sku, price) for price, _, site, sku in sorted(found)]
+
+
+def answered(document):
+    return [(r["site"], r["sku"], r["price"]) for r in document["results"]]
+
+
+def dresses_under_100(product):
+    return product["type"] == "dress" and product["price"] <= 100
+
+
+def test_query_over_two_shops_returns_exactly_the_matching_products_in_order(tmp_path, shops):
+    urls, logs = shops
+    document = scrapy_query(tmp_path, urls, "cheapest dress under 100", "--json", "--limit", "100").json()
+    want = expected(dresses_under_100)
+    assert len(want) > 10 and {site for site, _, _ in want} == set(SITES.values())
+    assert answered(document) == want
+    assert document["parsed_intent"]["product_type"] == "dress"
+    assert document["parsed_intent"]["price_range"]["max"] == 100
+    assert sorted(document["sites_searched"]) == sorted(SITES.values())
+    assert len(document["checkpoint_ids"]) == 2
+    assert {s["outcome"] for s in document["sites"]} == {"finished"}
+    # The same model sold on both shops shares a group.
+    groups = {}
+    for result in document["results"]:
+        if result["group"] is not None:
+            groups.setdefault(result["group"], set()).add(result["site"])
+    assert groups and all(sites == set(SITES.values()) for sites in groups.values())
+
+    # In dollars: the shop in euros answers nothing (no exchange rate is known).
+    document = scrapy_query(tmp_path, urls, "find cheapest red dress under $50", "--json").json()
+    assert answered(document) == expected(
+        lambda p: p["type"] == "dress" and p["color"] == "red" and p["price"] <= 50, currency="USD")
+
+    # Asked again within --max-age: answered from the stored items, no request to either shop.
+    requests = {name: (logs / f"{name}.log").read_text().count("\n") for name in SITES}
+    again = scrapy_query(tmp_path, urls, "cheapest dress under 100", "--json", "--limit", "100",
+                         "--max-age", "1h").json()
+    assert answered(again) == want
+    assert {s["outcome"] for s in again["sites"]} == {"reused"}
+    assert {name: (logs / f"{name}.log").read_text().count("\n") for name in SITES} == requests
+
+    # The table for people: one row per result, cheapest first.
+    text = scrapy_query(tmp_path, urls, "cheapest dress under 100", "--limit", "3", "--max-age", "1h")
+    assert text.returncode == 0, text
+    rows = text.stdout.splitlines()
+    assert rows[0].split()[:4] == ["#", "PRICE", "CURRENCY", "SITE"] and len(rows) == 4
+    assert [row.split()[1] for row in rows[1:]] == [f"{price:.2f}" for _, _, price in want[:3]]
+
+
+def test_a_query_killed_mid_crawl_and_resumed_returns_the_same_results(tmp_path):
+    """Slow shops, one request at a time: the query is SIGKILLed once a site's checkpoint holds
+    saved items, then finished with --resume SESSION_ID; the answer equals the catalogs'."""
+    stack, urls = shops_running(tmp_path, latency=0.05)
+    with stack:
+        command, env = query_command(tmp_path, urls, "cheapest dress under 100", "--json", "--limit", "100",
+                                     CONCURRENT_REQUESTS=1, CHECKPOINT_FLUSH_INTERVAL=0.2)
+        process = subprocess.Popen(command, cwd=demo_support.PROJECT_DIR, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            store = SQLiteCheckpointStore(tmp_path / "checkpoints" / "checkpoints.sqlite3")
+            deadline = time.monotonic() + PATIENCE
+            while True:
+                assert process.poll() is None, "the query ended before any item was saved"
+                assert time.monotonic() < deadline, "no item was saved"
+                if store.path.exists():
+                    store.open()
+                    try:
+                        saved = [c.pipeline_data.extraction_results.items_scraped for c in store.list_checkpoints()]
+                        sessions = list(store.list_query_sessions())
+                    finally:
+                        store.close()
+                    if sessions and any(saved):
+                        break
+                time.sleep(0.02)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        (session,) = sessions
+        assert session.status.value == "running"
+        document = scrapy_query(tmp_path, urls, "--resume", session.session_id, "--json", "--limit", "100").json()
+    assert document["session_id"] == session.session_id
+    # Killed mid-crawl: a site not finished then is crawled now, from its checkpoint.
+    assert "finished" in {s["outcome"] for s in document["sites"]}, document["sites"]
+    assert answered(document) == expected(dresses_under_100)
+    store.open()
+    try:
+        assert store.get_query_session(session.session_id).status.value == "completed"
+        # ... went on with the killed run's checkpoint: a second run of it, not a new one.
+        resumed = [store.get(s["checkpoint_id"]) for s in document["sites"] if s["outcome"] == "finished"]
+        assert [len(checkpoint.runs) for checkpoint in resumed] == [2] * len(resumed)
+    finally:
+        store.close()
+
+
+def test_the_user_is_stored_as_a_keyed_hash(tmp_path, shops):
+    urls, _ = shops
+    document = scrapy_query(tmp_path, urls, "black bag", "--json", "--user", "alice@example.com",
+                            "--max-age", "1h").json()
+    store = SQLiteCheckpointStore(tmp_path / "checkpoints" / "checkpoints.sqlite3")
+    store.open()
+    try:
+        (query,) = store.list_user_queries()
+    finally:
+        store.close()
+    assert query.query_id == document["query_id"]
+    assert query.user_id == hmac.new(SECRET.encode(), b"alice@example.com", hashlib.sha256).hexdigest()
+    assert "alice" not in json.dumps(query.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "words"),
+    [
+        (["the"], 2, "the"),
+        ([], 2, "Missing query"),
+        (["--resume", "no-such-session"], 1, "No query session no-such-session"),
+        (["dress", "--max-age", "soon"], 2, "--max-age ('soon') must be a duration"),
+        (["dress", "--spider", "nope"], 2, "--spider ('nope')"),
+    ],
+)
+def test_command_line_errors(tmp_path, args, status, words):
+    run = scrapy_query(tmp_path, {}, *args)
+    assert run.returncode == status, run
+    assert words in run.failure()
