@@ -19,7 +19,7 @@ from fashion_shop import Catalog
 
 from scrapy_checkpoint.stores import SQLiteCheckpointStore
 
-from .test_commands import Run
+from .test_commands import Run, scrapy_checkpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -180,6 +180,16 @@ def test_the_user_is_stored_as_a_keyed_hash(tmp_path, shops):
     assert query.query_id == document["query_id"]
     assert query.user_id == hmac.new(SECRET.encode(), b"alice@example.com", hashlib.sha256).hexdigest()
     assert "alice" not in json.dumps(query.model_dump(mode="json"))
+
+    # `scrapy checkpoint queries` lists it with its session, for that user and for all.
+    extra = {"CHECKPOINT_QUERY_SECRET": SECRET}
+    mine = scrapy_checkpoint(tmp_path, "queries", "--user", "alice@example.com", "--json", extra=extra).json()
+    assert [(q["query_id"], q["raw_query"], [s["session_id"] for s in q["sessions"]]) for q in mine] == [
+        (document["query_id"], "black bag", [document["session_id"]])]
+    assert mine[0]["sessions"][0]["results"]["returned"] == len(document["results"])
+    assert scrapy_checkpoint(tmp_path, "queries", "--user", "bob", "--json", extra=extra).json() == []
+    text = scrapy_checkpoint(tmp_path, "queries", extra=extra).stdout.splitlines()
+    assert text[0].split()[:3] == ["QUERY", "ID", "ASKED"] and "black bag" in text[1] and len(text) == 2
 
 
 @pytest.mark.parametrize(

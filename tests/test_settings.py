@@ -169,6 +169,19 @@ def test_site_limits_known_keys_only():
         build(CHECKPOINT_SITE_LIMITS={"shop.example": {"interval": 5}})
 
 
+def test_query_fields_name_item_fields():
+    settings = build(CHECKPOINT_QUERY_FIELDS={"price": "cost", "title": ["headline", "label"]})
+    assert settings.query_fields == {"price": ("cost",), "title": ("headline", "label")}
+    assert build().query_fields == {}
+
+
+@pytest.mark.parametrize("value", ["price", {"price": 5}, {"price": []}, {"": "cost"}, {"title": ["ok", ""]}])
+def test_query_fields_map_names_to_item_fields(value):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_QUERY_FIELDS .* must map conventional names .* to item "
+                                         r"field names, e\.g\."):
+        build(CHECKPOINT_QUERY_FIELDS=value)
+
+
 @pytest.mark.parametrize(("key", "value"), [("flush_interval", 0), ("batch_size", 2.5), ("batch_size", True)])
 def test_site_limits_positive(key, value):
     with pytest.raises(ValueError, match=r"CHECKPOINT_SITE_LIMITS .* must be a positive"):

@@ -19,7 +19,7 @@ from w3lib.url import file_uri_to_path
 
 from ..analytics import CheckpointStats, group_stats
 from ..exceptions import CorruptCheckpointError
-from ..models import Checkpoint, CheckpointStatus, live_workers, utcnow
+from ..models import Checkpoint, CheckpointStatus, QuerySession, UserQuery, live_workers, utcnow
 from ._cli import (
     USAGE_ERROR,
     Failure,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from ..stores import CheckpointStore
 
-SUBCOMMANDS = ("list", "show", "delete", "prune", "export", "stats")
+SUBCOMMANDS = ("list", "show", "delete", "prune", "export", "stats", "queries")
 #: Each option's flag, and the subcommands that take it.
 OPTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "spider": ("--spider", frozenset({"list", "prune", "stats"})),
@@ -45,7 +45,8 @@ OPTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "status": ("--status", frozenset({"list", "prune"})),
     "older_than": ("--older-than", frozenset({"prune"})),
     "dry_run": ("--dry-run", frozenset({"prune"})),
-    "json": ("--json", frozenset({"list", "show", "delete", "prune", "stats"})),
+    "json": ("--json", frozenset({"list", "show", "delete", "prune", "stats", "queries"})),
+    "user": ("--user", frozenset({"queries"})),
     "output": ("-o", frozenset({"export"})),
     "overwrite_output": ("-O", frozenset({"export"})),
 }
@@ -222,6 +223,25 @@ def stats_table(groups: dict[tuple[str, str], CheckpointStats], total: Checkpoin
     return table(STATS_HEADERS, rows, right=range(2, 14))
 
 
+QUERY_HEADERS = ("QUERY ID", "ASKED (UTC)", "QUERY", "SESSION", "STATUS", "SITES", "RESULTS", "SECONDS")
+
+
+def query_table(found: Iterable[tuple[UserQuery, list[QuerySession]]]) -> str:
+    """Past queries, newest first, one row per session (a query without one: a row of dashes)."""
+    rows = []
+    for query, sessions in found:
+        for session in sessions or [None]:
+            results = {} if session is None else session.results
+            rows.append((
+                query.query_id, _when(query.created_at), query.raw_query,
+                "-" if session is None else session.session_id,
+                "-" if session is None else session.status.value,
+                "-" if session is None else ", ".join(session.sites_searched),
+                results.get("returned", "-"), results.get("response_seconds", "-"),
+            ))
+    return table(QUERY_HEADERS, rows, right=[6, 7])
+
+
 class Command(StoreCommand):
     """``scrapy checkpoint list|show|delete|prune|export|stats``, on the store the settings select."""
 
@@ -230,10 +250,10 @@ class Command(StoreCommand):
     default_settings: ClassVar[dict[str, Any]] = {"LOG_ENABLED": False}
 
     def syntax(self) -> str:
-        return "list|show|delete|prune|export|stats [ID ...] [options]"
+        return "list|show|delete|prune|export|stats|queries [ID ...] [options]"
 
     def short_desc(self) -> str:
-        return "List, show, delete, prune, export or count checkpoints"
+        return "List, show, delete, prune, export or count checkpoints; list past queries"
 
     def long_desc(self) -> str:
         return (
@@ -249,6 +269,7 @@ class Command(StoreCommand):
             "stats [--spider S] [--site D] [--job J]: per site and job type, checkpoints by status, "
             "runs, killed runs, recoveries and their success rate, median resume time and "
             "downtime, storage used. "
+            "queries [--user USER]: past scrapy query questions, newest first, and their sessions. "
             "Exit status: 0 done, 1 an unknown id or a store that failed, 2 a bad command line."
         )
 
@@ -269,7 +290,9 @@ class Command(StoreCommand):
         )
         group.add_argument("--dry-run", action="store_true", help="prune: print what would go, delete nothing")
         group.add_argument("--json", action="store_true",
-                           help="list, show, delete, prune, stats: print one JSON document, no table")
+                           help="list, show, delete, prune, stats, queries: print one JSON document, no table")
+        group.add_argument("--user", metavar="USER",
+                           help="queries: only the queries of this user (hashed with CHECKPOINT_QUERY_SECRET)")
         group.add_argument(
             "-o", "--output", metavar="FILE", action="append",
             help="export: append the items to FILE (format from its extension, or FILE:FORMAT; - for stdout)",
@@ -303,7 +326,8 @@ class Command(StoreCommand):
             if getattr(opts, dest) not in (None, False, []) and subcommand not in subcommands:
                 raise Failure(f"{flag} is an option of {' and '.join(sorted(subcommands))}, "
                                f"not of {subcommand}.", USAGE_ERROR)
-        wanted = {"list": (0, 0), "prune": (0, 0), "stats": (0, 0), "show": (1, 1), "export": (1, 1), "delete": (1, None)}
+        wanted = {"list": (0, 0), "prune": (0, 0), "stats": (0, 0), "queries": (0, 0), "show": (1, 1), "export": (1, 1),
+                  "delete": (1, None)}
         least, most = wanted[subcommand]
         if len(ids) < least or (most is not None and len(ids) > most):
             what = {0: "no checkpoint id", 1: "one checkpoint id"}[most] if most is not None else "checkpoint ids"
@@ -392,6 +416,33 @@ class Command(StoreCommand):
             print(stats_table(groups, total))
         else:
             print(f"No checkpoints in {self._where}{_selection(opts)}.", file=sys.stderr)
+
+    def _queries(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
+        user = None
+        if opts.user is not None:
+            from ..settings import query_secret
+
+            assert self.settings is not None
+            try:
+                from ..queries.privacy import user_key
+
+                user = user_key(opts.user, query_secret(self.settings) or "")
+            except ImportError as exc:
+                raise Failure(str(exc)) from None
+            except ValueError as exc:
+                raise Failure(str(exc), USAGE_ERROR) from None
+        found = []
+        if store is not None:
+            with self._store_errors():
+                for query in store.list_user_queries(user):
+                    found.append((query, list(store.list_query_sessions(query.query_id))))
+        if opts.json:
+            _print_json([{**query.model_dump(mode="json"), "sessions": [s.model_dump(mode="json") for s in sessions]}
+                         for query, sessions in found])
+        elif found:
+            print(query_table(found))
+        else:
+            print(f"No queries in {self._where}{' of that user' if user else ''}.", file=sys.stderr)
 
     def _delete(self, store: CheckpointStore | None, ids: list[str], opts: argparse.Namespace) -> None:
         deleted, missing = [], []
