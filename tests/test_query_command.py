@@ -46,19 +46,23 @@ def shops(tmp_path_factory):
         yield urls, directory
 
 
-def query_command(directory, urls, *args, **settings):
+def query_command(directory, urls, *args, spiders=tuple(SITES), **settings):
     """``scrapy query ARGS`` asking both shops (the demo project's `products` spider is not
-    one of them), with the checkpoints of *directory*."""
+    one of them; None: the default, every checkpoint_enabled spider), with the checkpoints of
+    *directory*."""
     settings = {"CHECKPOINT_DIR": str(directory / "checkpoints"), "CHECKPOINT_QUERY_SECRET": SECRET, **settings}
-    command = [sys.executable, "-m", "scrapy", "query", *args, "--spider", "northwind", "--spider", "lumiere"]
+    command = [sys.executable, "-m", "scrapy", "query", *args]
+    for name in spiders or ():
+        command += ["--spider", name]
     for name, value in settings.items():
         command += ["-s", demo_support.setting_arg(name, value)]
-    env = {**os.environ, **{demo_support.FASHION_URL_VARIABLES[n]: url for n, url in urls.items()}}
+    env = {name: value for name, value in os.environ.items() if name != "DEMO_SHOP_URL"}
+    env.update((demo_support.FASHION_URL_VARIABLES[n], url) for n, url in urls.items())
     return command, env
 
 
-def scrapy_query(directory, urls, *args, **settings) -> Run:
-    command, env = query_command(directory, urls, *args, **settings)
+def scrapy_query(directory, urls, *args, spiders=tuple(SITES), **settings) -> Run:
+    command, env = query_command(directory, urls, *args, spiders=spiders, **settings)
     done = subprocess.run(command, cwd=demo_support.PROJECT_DIR, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=PATIENCE, env=env)
     return Run(done.returncode, done.stdout, done.stderr)
@@ -190,6 +194,20 @@ def test_the_user_is_stored_as_a_keyed_hash(tmp_path, shops):
     assert scrapy_checkpoint(tmp_path, "queries", "--user", "bob", "--json", extra=extra).json() == []
     text = scrapy_checkpoint(tmp_path, "queries", extra=extra).stdout.splitlines()
     assert text[0].split()[:3] == ["QUERY", "ID", "ASKED"] and "black bag" in text[1] and len(text) == 2
+
+
+def test_a_site_that_fails_is_named_and_the_others_answer(tmp_path, shops):
+    """Every checkpoint_enabled spider by default: the demo's `products` spider has no shop
+    URL here, so its crawl fails to start; the shops answer, and the exit status is 1."""
+    urls, _ = shops
+    run = scrapy_query(tmp_path, urls, "cheapest dress under 100", "--json", "--limit", "100", spiders=None)
+    assert run.returncode == 1, run
+    document = json.loads(run.stdout)
+    assert answered(document) == expected(dresses_under_100)
+    outcomes = {s["spider"]: s["outcome"] for s in document["sites"]}
+    assert outcomes["northwind"] == outcomes["lumiere"] == "finished"
+    assert outcomes["products"].startswith("failed: ValueError: No shop URL"), outcomes
+    assert f"scrapy query --resume {document['session_id']}" in run.stderr
 
 
 @pytest.mark.parametrize(

@@ -246,7 +246,10 @@ class Command(StoreCommand):
 
     @staticmethod
     def _crawled(answer: SiteAnswer, crawler: Crawler, error: BaseException | None) -> None:
-        stats = crawler.stats
+        try:
+            stats = crawler.stats
+        except RuntimeError:  # the crawl failed to start (its spider refused its arguments)
+            stats = None
         answer.checkpoint_id = stats.get_value("checkpoint/id") if stats else None
         reason = stats.get_value("finish_reason") if stats else None
         if error is not None:
