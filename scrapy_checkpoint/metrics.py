@@ -286,6 +286,37 @@ class PrometheusCheckpointMetrics(CheckpointMetrics):
             thread.join(5)
 
 
+def push_query_answer(pushgateway: str, seconds: float, outcome: str, results: int,
+                      sites: dict[str, int]) -> None:
+    """Push what one `scrapy query` took to CHECKPOINT_PROMETHEUS_PUSHGATEWAY: its response
+    time (a key metric of query support), the results it printed and its sites by how they
+    answered (crawled, reused, failed). Gauges of the last query, as for any batch job.
+    Blocking; a failure is a warning, never the command's."""
+    try:
+        import prometheus_client as prom
+    except ImportError:
+        logger.warning("CHECKPOINT_PROMETHEUS_PUSHGATEWAY is set, but metrics need prometheus-client: %s",
+                       INSTALL_HINT)
+        return
+    registry = prom.CollectorRegistry()
+    prom.Gauge("scrapy_checkpoint_query_response_seconds",
+               "Time from the start of the last `scrapy query` to its answer, by outcome.",
+               ("outcome",), registry=registry).labels(outcome=outcome).set(seconds)
+    prom.Gauge("scrapy_checkpoint_query_results", "Results the last query printed.",
+               registry=registry).set(results)
+    answered = prom.Gauge("scrapy_checkpoint_query_sites",
+                          "Sites of the last query, by how they answered: crawled, reused (fresh stored "
+                          "items) or failed.", ("answer",), registry=registry)
+    for answer in ("crawled", "reused", "failed"):
+        answered.labels(answer=answer).set(sites.get(answer, 0))
+    prom.Gauge("scrapy_checkpoint_query_last_answered_timestamp_seconds",
+               "When the last query was answered (Unix time).", registry=registry).set_to_current_time()
+    try:
+        prom.push_to_gateway(pushgateway, job="scrapy_checkpoint_query", registry=registry, timeout=10)
+    except Exception as exc:
+        logger.warning("Query metrics not pushed to CHECKPOINT_PROMETHEUS_PUSHGATEWAY: %(error)r", {"error": exc})
+
+
 def storage_used_ratio(store: CheckpointStore, limit: int | None = None) -> float | None:
     """Used over available bytes of *store*: over *limit* if given, else over the disk
     (SQLite) or maxmemory (Redis); None when unknown. Blocking."""

@@ -37,3 +37,30 @@ def shop(tmp_path):
     log = tmp_path / "shop.log"
     with demo_support.running_shop(log, products=600, per_page=20, categories=5, latency=0.002) as url:
         yield url, log, 600
+
+
+@pytest.fixture
+def pushgateway():
+    """A pushgateway on a free port: yields its URL and the (path, body) of every push."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_PUT(self):
+            received.append((self.path, self.rfile.read(int(self.headers["Content-Length"])).decode()))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    gateway = HTTPServer(("127.0.0.1", 0), Gateway)
+    thread = threading.Thread(target=gateway.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{gateway.server_port}", received
+    finally:
+        gateway.shutdown()
+        gateway.server_close()

@@ -9,9 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import urllib.request
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -186,34 +184,37 @@ def test_port_taken_keeps_crawling(caplog):
     metrics._stop()
 
 
-def test_pushes_to_pushgateway_at_close():
-    received = []
-
-    class Gateway(BaseHTTPRequestHandler):
-        def do_PUT(self):
-            received.append((self.path, self.rfile.read(int(self.headers["Content-Length"])).decode()))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    gateway = HTTPServer(("127.0.0.1", 0), Gateway)
-    thread = threading.Thread(target=gateway.serve_forever, daemon=True)
-    thread.start()
-    try:
-        metrics = PrometheusCheckpointMetrics(stats(), None, free_port(),
-                                              pushgateway=f"http://127.0.0.1:{gateway.server_port}")
-        metrics.opened("products", "shop.test", "catalog", "sqlite")
-        metrics.flushed(0.01, None)
-        metrics._stop()
-    finally:
-        gateway.shutdown()
-        gateway.server_close()
+def test_pushes_to_pushgateway_at_close(pushgateway):
+    url, received = pushgateway
+    metrics = PrometheusCheckpointMetrics(stats(), None, free_port(), pushgateway=url)
+    metrics.opened("products", "shop.test", "catalog", "sqlite")
+    metrics.flushed(0.01, None)
+    metrics._stop()
     ((path, body),) = received
     assert path == "/metrics/job/scrapy_checkpoint/job_type/catalog/site/shop.test/spider/products"
     labels = 'job_type="catalog",site="shop.test",spider="products",store="sqlite"'
     assert f"scrapy_checkpoint_flushes_total{{{labels}}} 1.0" in body
+
+
+def test_a_query_pushes_its_response_time(pushgateway):
+    from scrapy_checkpoint.metrics import push_query_answer
+
+    url, received = pushgateway
+    push_query_answer(url, 1.25, "completed", 7, {"crawled": 1, "reused": 1})
+    ((path, body),) = received
+    assert path == "/metrics/job/scrapy_checkpoint_query"
+    assert 'scrapy_checkpoint_query_response_seconds{outcome="completed"} 1.25' in body
+    assert "scrapy_checkpoint_query_results 7.0" in body
+    assert 'scrapy_checkpoint_query_sites{answer="reused"} 1.0' in body
+    assert 'scrapy_checkpoint_query_sites{answer="failed"} 0.0' in body
+
+
+def test_a_query_push_that_fails_is_a_warning(caplog):
+    from scrapy_checkpoint.metrics import push_query_answer
+
+    with caplog.at_level(logging.WARNING):
+        push_query_answer(f"http://127.0.0.1:{free_port()}", 1.0, "completed", 0, {})
+    assert "Query metrics not pushed to CHECKPOINT_PROMETHEUS_PUSHGATEWAY" in caplog.text
 
 
 class ShopSpider(Spider):

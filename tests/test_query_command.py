@@ -87,7 +87,7 @@ def dresses_under_100(product):
     return product["type"] == "dress" and product["price"] <= 100
 
 
-def test_query_over_two_shops_returns_exactly_the_matching_products_in_order(tmp_path, shops):
+def test_query_over_two_shops_returns_exactly_the_matching_products_in_order(tmp_path, shops, pushgateway):
     urls, logs = shops
     document = scrapy_query(tmp_path, urls, "cheapest dress under 100", "--json", "--limit", "100").json()
     want = expected(dresses_under_100)
@@ -112,10 +112,15 @@ def test_query_over_two_shops_returns_exactly_the_matching_products_in_order(tmp
 
     # Asked again within --max-age: answered from the stored items, no request to either shop.
     requests = {name: (logs / f"{name}.log").read_text().count("\n") for name in SITES}
+    gateway, pushed = pushgateway
     again = scrapy_query(tmp_path, urls, "cheapest dress under 100", "--json", "--limit", "100",
-                         "--max-age", "1h").json()
+                         "--max-age", "1h", CHECKPOINT_PROMETHEUS_PUSHGATEWAY=gateway).json()
     assert answered(again) == want
     assert {s["outcome"] for s in again["sites"]} == {"reused"}
+    # Its response time, pushed as a metric.
+    ((_, body),) = pushed
+    assert 'scrapy_checkpoint_query_sites{answer="reused"} 2.0' in body
+    assert f"scrapy_checkpoint_query_results {float(len(want))}" in body
     assert {name: (logs / f"{name}.log").read_text().count("\n") for name in SITES} == requests
 
     # The table for people: one row per result, cheapest first.

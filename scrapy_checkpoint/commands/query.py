@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -13,6 +14,7 @@ from scrapy.settings import SETTINGS_PRIORITIES
 from twisted.internet.defer import Deferred
 
 from ..extension import checkpoint_identity
+from ..metrics import push_query_answer
 from ..models import QuerySession, QuerySessionStatus, UserQuery, utcnow
 from ..settings import CheckpointSettings
 from ..stores.base import query_ttl
@@ -191,6 +193,10 @@ class Command(StoreCommand):
             ttl = query_ttl(settings, session.status)
             store.save_user_query(query, ttl)
             store.save_query_session(session, ttl)
+        if settings.prometheus_pushgateway:
+            kinds = Counter("reused" if a.outcome == "reused" else "failed" if a.outcome.startswith("failed")
+                            else "crawled" for a in answers.values())
+            push_query_answer(settings.prometheus_pushgateway, seconds, session.status.value, len(results), kinds)
         self._print(query, session, results, opts)
         for answer in failed:
             print(f"{answer.site} ({answer.spider}) {answer.outcome}; finish the session with: "
