@@ -90,6 +90,8 @@ class StoreCommand(ScrapyCommand):
 
     #: CHECKPOINT_LEASE_TIMEOUT: a worker sharing a checkpoint not seen for longer is gone.
     _lease_timeout = 0.0
+    #: The settings, read (and checked) as the store opened.
+    checkpoint_settings: CheckpointSettings
 
     def _open_store(self, stack: ExitStack, create: bool = False) -> CheckpointStore | None:
         """The store the settings select, open; None for an SQLite file that does not exist
@@ -102,7 +104,7 @@ class StoreCommand(ScrapyCommand):
             settings.get("CHECKPOINT_MONGO_URI"))
         self._where = "the checkpoint store"
         with self._store_errors():
-            checkpoint_settings = CheckpointSettings.from_settings(settings)
+            self.checkpoint_settings = checkpoint_settings = CheckpointSettings.from_settings(settings)
             self._lease_timeout = checkpoint_settings.lease_timeout
             store = store_class(checkpoint_settings).from_checkpoint_settings(checkpoint_settings)
             self._where = store.describe()

@@ -16,7 +16,6 @@ from twisted.internet.defer import Deferred
 from ..extension import checkpoint_identity
 from ..metrics import push_query_answer
 from ..models import QuerySession, QuerySessionStatus, UserQuery, utcnow
-from ..settings import CheckpointSettings
 from ..stores.base import query_ttl
 from ._cli import USAGE_ERROR, Failure, StoreCommand, log_warnings_to_stderr, parse_duration, table
 
@@ -128,28 +127,12 @@ class Command(StoreCommand):
 
     def _answer(self, store: CheckpointStore, text: str, opts: argparse.Namespace, started: float) -> None:
         try:  # not at the top: `scrapy` loads every command, and the rest need no query extra
-            from ..queries import FieldMap, QueryError, aggregate, mask_query, parse_query, user_key
+            from ..queries import FieldMap, aggregate
             from ..queries.session import SiteAnswer, job_type_of
         except ImportError as exc:
             raise Failure(str(exc)) from None
-        assert self.settings is not None and self.crawler_process is not None
-        settings = CheckpointSettings.from_settings(self.settings)
-        if opts.resume:
-            session, query = self._resumed(store, opts.resume)
-        else:
-            try:
-                intent = parse_query(text)
-            except QueryError as exc:
-                raise Failure(str(exc), USAGE_ERROR) from None
-            user = None
-            if opts.user is not None:
-                try:
-                    user = user_key(opts.user, settings.query_secret or "")
-                except ValueError as exc:
-                    raise Failure(str(exc), USAGE_ERROR) from None
-            # E-mail addresses and phone numbers in the text are not stored.
-            query = UserQuery(raw_query=mask_query(text), user_id=user, parsed_intent=intent)
-            session = QuerySession(query_id=query.query_id, status=QuerySessionStatus.RUNNING)
+        settings = self.checkpoint_settings
+        session, query = self._resumed(store, opts.resume) if opts.resume else self._asked(text, opts)
         intent = query.parsed_intent
         spiders = self._spiders(opts.spider or session.results.get("spiders"))
         if not spiders:
@@ -203,6 +186,24 @@ class Command(StoreCommand):
                   f"scrapy query --resume {session.session_id}", file=sys.stderr)
         if failed:
             self.exitcode = 1
+
+    def _asked(self, text: str, opts: argparse.Namespace) -> tuple[QuerySession, UserQuery]:
+        """A new query, parsed, and its session."""
+        from ..queries import QueryError, mask_query, parse_query, user_key
+
+        try:
+            intent = parse_query(text)
+        except QueryError as exc:
+            raise Failure(str(exc), USAGE_ERROR) from None
+        user = None
+        if opts.user is not None:
+            try:
+                user = user_key(opts.user, self.checkpoint_settings.query_secret or "")
+            except ValueError as exc:
+                raise Failure(str(exc), USAGE_ERROR) from None
+        # E-mail addresses and phone numbers in the text are not stored.
+        query = UserQuery(raw_query=mask_query(text), user_id=user, parsed_intent=intent)
+        return QuerySession(query_id=query.query_id, status=QuerySessionStatus.RUNNING), query
 
     def _resumed(self, store: CheckpointStore, session_id: str) -> tuple[QuerySession, UserQuery]:
         with self._store_errors():
