@@ -201,6 +201,27 @@ def test_the_user_is_stored_as_a_keyed_hash(tmp_path, shops):
     assert text[0].split()[:3] == ["QUERY", "ID", "ASKED"] and "black bag" in text[1] and len(text) == 2
 
 
+def test_items_read_from_the_mongodb_item_pipeline(tmp_path, shops, mongo_uri_db):
+    """A project that keeps its items in MongoDB (CheckpointMongoDBPipeline) and not in its
+    checkpoints: the answer is read from the pipeline's collection."""
+    urls, _ = shops
+    uri, database = mongo_uri_db
+    document = scrapy_query(
+        tmp_path, urls, "cheapest dress under 100", "--json", "--limit", "100", CHECKPOINT_STORE_ITEMS=False,
+        ITEM_PIPELINES={"scrapy_checkpoint.CheckpointMongoDBPipeline": 300}, CHECKPOINT_MONGO_ITEMS_URI=uri,
+        CHECKPOINT_MONGO_ITEMS_DATABASE=database,
+    ).json()
+    assert answered(document) == expected(dresses_under_100)
+    store = SQLiteCheckpointStore(tmp_path / "checkpoints" / "checkpoints.sqlite3")
+    store.open()
+    try:
+        assert [list(store.items(cid)) for cid in document["checkpoint_ids"]] == [[], []]
+    finally:
+        store.close()
+    run = scrapy_query(tmp_path, urls, "dress", CHECKPOINT_STORE_ITEMS=False)
+    assert run.returncode == 2 and "CHECKPOINT_STORE_ITEMS is off and ITEM_PIPELINES has no" in run.failure()
+
+
 def test_a_site_that_fails_is_named_and_the_others_answer(tmp_path, shops):
     """Every checkpoint_enabled spider by default: the demo's `products` spider has no shop
     URL here, so its crawl fails to start; the shops answer, and the exit status is 1."""

@@ -11,6 +11,8 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scrapy.settings import SETTINGS_PRIORITIES
+from scrapy.utils.conf import build_component_list
+from scrapy.utils.misc import load_object
 from twisted.internet.defer import Deferred
 
 from ..extension import checkpoint_identity
@@ -24,10 +26,11 @@ if TYPE_CHECKING:
 
     from scrapy import Spider
     from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
 
     from ..models import ParsedIntent
     from ..queries import QueryResult
-    from ..queries.session import SiteAnswer
+    from ..queries.session import ItemSource, SiteAnswer
     from ..stores import CheckpointStore
 
 #: Results printed when --limit is not given.
@@ -96,6 +99,7 @@ class Command(StoreCommand):
             with ExitStack() as stack:
                 store = self._open_store(stack, create=True)
                 assert store is not None
+                self._source = self._item_source(store, stack)
                 self._answer(store, " ".join(args), opts, started)
         except Failure as failure:
             print(failure, file=sys.stderr)
@@ -158,7 +162,7 @@ class Command(StoreCommand):
         self._crawl({name: spiders[name] for name in to_crawl}, intent, job, answers)
 
         with self._store_errors():
-            sources = [(answers[name].site, self._items(store, answers[name])) for name in sorted(answers)]
+            sources = [(answers[name].site, self._items(answers[name])) for name in sorted(answers)]
             results = aggregate(intent, sources, fields=FieldMap(settings.query_fields), limit=opts.limit)
         failed = [a for a in answers.values() if a.outcome.startswith("failed")]
         session.checkpoint_ids = sorted({a.checkpoint_id for a in answers.values() if a.checkpoint_id})
@@ -186,6 +190,24 @@ class Command(StoreCommand):
                   f"scrapy query --resume {session.session_id}", file=sys.stderr)
         if failed:
             self.exitcode = 1
+
+    def _item_source(self, store: CheckpointStore, stack: ExitStack) -> ItemSource:
+        """Where the crawls' items are read back: the checkpoints (CHECKPOINT_STORE_ITEMS, on
+        unless the project turns it off), else the collection CheckpointMongoDBPipeline fills."""
+        from ..queries.session import ItemSource, MongoDBPipelineItems
+        from ..settings import MongoItemsSettings
+
+        assert self.settings is not None
+        if self.checkpoint_settings.store_items:
+            return ItemSource(store)
+        if not _writes_items_to_mongodb(self.settings):
+            raise Failure("scrapy query reads the crawls' items back, but CHECKPOINT_STORE_ITEMS is off and "
+                          "ITEM_PIPELINES has no scrapy_checkpoint.CheckpointMongoDBPipeline: turn either on.",
+                          USAGE_ERROR)
+        with self._store_errors():
+            source = MongoDBPipelineItems(MongoItemsSettings.from_settings(self.settings))
+        stack.callback(source.close)
+        return source
 
     def _asked(self, text: str, opts: argparse.Namespace) -> tuple[QuerySession, UserQuery]:
         """A new query, parsed, and its session."""
@@ -230,12 +252,12 @@ class Command(StoreCommand):
 
         with self._store_errors():
             if opts.resume:
-                found = answering_checkpoint(store, spidercls, {job}, session.created_at)
+                found = answering_checkpoint(store, self._source, spidercls, {job}, session.created_at)
                 if found is not None:
                     return found
             if opts.age is not None:
                 own_job = checkpoint_identity(spidercls)[2]
-                return answering_checkpoint(store, spidercls, {job, own_job}, utcnow() - opts.age)
+                return answering_checkpoint(store, self._source, spidercls, {job, own_job}, utcnow() - opts.age)
         return None
 
     def _crawl(self, spiders: dict[str, type[Spider]], intent: ParsedIntent, job: str,
@@ -266,12 +288,10 @@ class Command(StoreCommand):
         else:
             answer.outcome = "finished"
 
-    def _items(self, store: CheckpointStore, answer: SiteAnswer) -> Any:
-        from ..queries.session import stored_items
-
+    def _items(self, answer: SiteAnswer) -> Any:
         if answer.checkpoint_id is None:
             return []
-        items = list(stored_items(store, answer.checkpoint_id))
+        items = list(self._source.items(answer.checkpoint_id))
         answer.items = len(items)
         return items
 
@@ -303,6 +323,19 @@ class Command(StoreCommand):
             ))
         print(f"Session {session.session_id}: {len(results)} results from {len(session.sites_searched)} "
               f"sites in {session.results['response_seconds']:.2f} s", file=sys.stderr)
+
+
+def _writes_items_to_mongodb(settings: BaseSettings) -> bool:
+    """Whether ITEM_PIPELINES has CheckpointMongoDBPipeline (or a subclass) on."""
+    try:
+        from ..outputs.mongodb import CheckpointMongoDBPipeline
+    except ImportError:  # without pymongo it cannot be on
+        return False
+    for path in build_component_list(settings.getwithbase("ITEM_PIPELINES")):
+        component = load_object(path) if isinstance(path, str) else path
+        if isinstance(component, type) and issubclass(component, CheckpointMongoDBPipeline):
+            return True
+    return False
 
 
 def _when_done(handle: Any, done: Any) -> None:

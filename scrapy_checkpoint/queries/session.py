@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from scrapy import Spider
 
     from ..models import Checkpoint, ParsedIntent
+    from ..settings import MongoItemsSettings
     from ..stores import CheckpointStore
 
 
@@ -44,21 +45,52 @@ class SiteAnswer:
         return asdict(self)
 
 
+class ItemSource:
+    """Where the items of a crawl's checkpoint are read from: the checkpoint store itself
+    (CHECKPOINT_STORE_ITEMS)."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
+
+    def items(self, checkpoint_id: str) -> Iterator[dict[str, Any]]:
+        """The fields of every item of the checkpoint. Blocking."""
+        for _, fields in self.store.items(checkpoint_id):
+            yield fields
+
+    def close(self) -> None:
+        """Release what reading took."""
+
+
+class MongoDBPipelineItems(ItemSource):
+    """The documents CheckpointMongoDBPipeline wrote for the checkpoint (its items
+    collection), for crawls that do not store items in the checkpoint. A page a later crawl
+    wrote again carries that crawl's checkpoint id."""
+
+    def __init__(self, settings: MongoItemsSettings) -> None:
+        from ..stores.mongodb import connect
+
+        self.settings = settings
+        self._client = connect(settings.uri, settings.timeout)
+        self._collection = self._client[settings.database][settings.collection]
+
+    def items(self, checkpoint_id: str) -> Iterator[dict[str, Any]]:
+        with self._collection.find({"checkpoint_id": checkpoint_id}, {"item": 1}) as cursor:
+            for document in cursor:
+                yield document.get("item") or {}
+
+    def close(self) -> None:
+        self._client.close()
+
+
 def answering_checkpoint(
-    store: CheckpointStore, spidercls: type[Spider], jobs: set[str], after: datetime
+    store: CheckpointStore, source: ItemSource, spidercls: type[Spider], jobs: set[str], after: datetime
 ) -> Checkpoint | None:
     """The newest completed checkpoint of the spider, of one of *jobs*, updated at or after
-    *after*, that holds stored items: it answers for the site without a crawl."""
+    *after*, whose items *source* holds: it answers for the site without a crawl."""
     name, site, _ = checkpoint_identity(spidercls)
     for checkpoint in store.list_checkpoints(name, site, None, CheckpointStatus.COMPLETED):
         if checkpoint.updated_at < after:
             return None  # newest first: the rest are older still
-        if checkpoint.job_type in jobs and next(iter(store.items(checkpoint.checkpoint_id)), None) is not None:
+        if checkpoint.job_type in jobs and next(iter(source.items(checkpoint.checkpoint_id)), None) is not None:
             return checkpoint
     return None
-
-
-def stored_items(store: CheckpointStore, checkpoint_id: str) -> Iterator[dict[str, Any]]:
-    """The fields of every item the checkpoint stored (CHECKPOINT_STORE_ITEMS)."""
-    for _, fields in store.items(checkpoint_id):
-        yield fields
