@@ -123,6 +123,15 @@ def test_query_over_two_shops_returns_exactly_the_matching_products_in_order(tmp
     assert f"scrapy_checkpoint_query_results {float(len(want))}" in body
     assert {name: (logs / f"{name}.log").read_text().count("\n") for name in SITES} == requests
 
+    # The parser learns the sites' own words from what they stored: a brand of theirs is a
+    # brand, not a keyword.
+    catalogs = {site: Catalog(name, PRODUCTS) for name, site in SITES.items()}
+    site, sku, _ = want[0]
+    brand = catalogs[site].product(sku)["brand"]
+    document = scrapy_query(tmp_path, urls, f"{brand} dress", "--json", "--max-age", "1h").json()
+    assert document["parsed_intent"]["attributes"]["brand"] == brand.lower(), document["parsed_intent"]
+    assert document["results"] and {r["brand"] for r in document["results"]} == {brand}
+
     # The table for people: one row per result, cheapest first.
     text = scrapy_query(tmp_path, urls, "cheapest dress under 100", "--limit", "3", "--max-age", "1h")
     assert text.returncode == 0, text
@@ -132,8 +141,9 @@ def test_query_over_two_shops_returns_exactly_the_matching_products_in_order(tmp
 
 
 def test_a_query_killed_mid_crawl_and_resumed_returns_the_same_results(tmp_path):
-    """Slow shops, one request at a time: the query is SIGKILLed once a site's checkpoint holds
-    saved items, then finished with --resume SESSION_ID; the answer equals the catalogs'."""
+    """Slow shops, one request at a time: the query is SIGKILLed once a site's crawl, not
+    finished, has saved items in its checkpoint, then finished with --resume SESSION_ID; the
+    answer equals the catalogs'."""
     stack, urls = shops_running(tmp_path, latency=0.05)
     with stack:
         command, env = query_command(tmp_path, urls, "cheapest dress under 100", "--json", "--limit", "100",
@@ -149,11 +159,12 @@ def test_a_query_killed_mid_crawl_and_resumed_returns_the_same_results(tmp_path)
                 if store.path.exists():
                     store.open()
                     try:
-                        saved = [c.pipeline_data.extraction_results.items_scraped for c in store.list_checkpoints()]
+                        under_way = [c.checkpoint_id for c in store.list_checkpoints(status="active")
+                                     if c.pipeline_data.extraction_results.items_scraped]
                         sessions = list(store.list_query_sessions())
                     finally:
                         store.close()
-                    if sessions and any(saved):
+                    if sessions and under_way:
                         break
                 time.sleep(0.02)
         finally:
@@ -163,15 +174,15 @@ def test_a_query_killed_mid_crawl_and_resumed_returns_the_same_results(tmp_path)
         assert session.status.value == "running"
         document = scrapy_query(tmp_path, urls, "--resume", session.session_id, "--json", "--limit", "100").json()
     assert document["session_id"] == session.session_id
-    # Killed mid-crawl: a site not finished then is crawled now, from its checkpoint.
-    assert "finished" in {s["outcome"] for s in document["sites"]}, document["sites"]
+    # A site not finished then is crawled now, from its checkpoint.
+    outcomes = {s["checkpoint_id"]: s["outcome"] for s in document["sites"]}
+    assert {outcomes.get(checkpoint_id) for checkpoint_id in under_way} == {"finished"}, document["sites"]
     assert answered(document) == expected(dresses_under_100)
     store.open()
     try:
         assert store.get_query_session(session.session_id).status.value == "completed"
         # ... went on with the killed run's checkpoint: a second run of it, not a new one.
-        resumed = [store.get(s["checkpoint_id"]) for s in document["sites"] if s["outcome"] == "finished"]
-        assert [len(checkpoint.runs) for checkpoint in resumed] == [2] * len(resumed)
+        assert [len(store.get(checkpoint_id).runs) for checkpoint_id in under_way] == [2] * len(under_way)
     finally:
         store.close()
 

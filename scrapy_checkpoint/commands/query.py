@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import ExitStack
+from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scrapy.settings import SETTINGS_PRIORITIES
@@ -17,7 +18,7 @@ from twisted.internet.defer import Deferred
 
 from ..extension import checkpoint_identity
 from ..metrics import push_query_answer
-from ..models import QuerySession, QuerySessionStatus, UserQuery, utcnow
+from ..models import CheckpointStatus, QuerySession, QuerySessionStatus, UserQuery, utcnow
 from ..stores.base import query_ttl
 from ._cli import USAGE_ERROR, Failure, StoreCommand, log_warnings_to_stderr, parse_duration, table
 
@@ -29,12 +30,14 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
     from ..models import ParsedIntent
-    from ..queries import QueryResult
+    from ..queries import QueryResult, Vocabulary
     from ..queries.session import ItemSource, SiteAnswer
     from ..stores import CheckpointStore
 
 #: Results printed when --limit is not given.
 DEFAULT_LIMIT = 20
+#: Items read to learn the sites' words before a query is parsed.
+VOCABULARY_ITEMS = 10_000
 
 
 class Command(StoreCommand):
@@ -136,12 +139,16 @@ class Command(StoreCommand):
         except ImportError as exc:
             raise Failure(str(exc)) from None
         settings = self.checkpoint_settings
-        session, query = self._resumed(store, opts.resume) if opts.resume else self._asked(text, opts)
-        intent = query.parsed_intent
-        spiders = self._spiders(opts.spider or session.results.get("spiders"))
+        if opts.resume:
+            session, query = self._resumed(store, opts.resume)
+            spiders = self._spiders(opts.spider or session.results.get("spiders"))
+        else:
+            spiders = self._spiders(opts.spider)
+            session, query = self._asked(store, spiders, text, opts)
         if not spiders:
             raise Failure("No spider to ask: none in this project has checkpoint_enabled (or name some "
                           "with --spider).", USAGE_ERROR)
+        intent = query.parsed_intent
         answers = {name: SiteAnswer(name, checkpoint_identity(cls)[1]) for name, cls in spiders.items()}
         session.sites_searched = sorted({answer.site for answer in answers.values()})
         session.results = {**session.results, "spiders": sorted(spiders)}
@@ -209,12 +216,13 @@ class Command(StoreCommand):
         stack.callback(source.close)
         return source
 
-    def _asked(self, text: str, opts: argparse.Namespace) -> tuple[QuerySession, UserQuery]:
-        """A new query, parsed, and its session."""
+    def _asked(self, store: CheckpointStore, spiders: dict[str, type[Spider]], text: str,
+               opts: argparse.Namespace) -> tuple[QuerySession, UserQuery]:
+        """A new query, parsed with the words of the sites' items the store holds, and its session."""
         from ..queries import QueryError, mask_query, parse_query, user_key
 
         try:
-            intent = parse_query(text)
+            intent = parse_query(text, self._vocabulary(store, spiders))
         except QueryError as exc:
             raise Failure(str(exc), USAGE_ERROR) from None
         user = None
@@ -226,6 +234,22 @@ class Command(StoreCommand):
         # E-mail addresses and phone numbers in the text are not stored.
         query = UserQuery(raw_query=mask_query(text), user_id=user, parsed_intent=intent)
         return QuerySession(query_id=query.query_id, status=QuerySessionStatus.RUNNING), query
+
+    def _vocabulary(self, store: CheckpointStore, spiders: dict[str, type[Spider]]) -> Vocabulary:
+        """The brands, product types, materials and colours of the items of each spider's
+        completed checkpoints, newest first (VOCABULARY_ITEMS at most, shared among the sites):
+        the parser knows the sites' own words ("ridgeline jeans": a brand, not a keyword)."""
+        from ..queries import FieldMap, vocabulary_from_items
+
+        per_site = VOCABULARY_ITEMS // max(len(spiders), 1)
+        items: list[dict[str, Any]] = []
+        with self._store_errors():
+            for spidercls in spiders.values():
+                name, site, _ = checkpoint_identity(spidercls)
+                completed = store.list_checkpoints(name, site, None, CheckpointStatus.COMPLETED)
+                found = (item for checkpoint in completed for item in self._source.items(checkpoint.checkpoint_id))
+                items += islice(found, per_site)
+        return vocabulary_from_items(items, FieldMap(self.checkpoint_settings.query_fields))
 
     def _resumed(self, store: CheckpointStore, session_id: str) -> tuple[QuerySession, UserQuery]:
         with self._store_errors():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,7 +20,7 @@ except ImportError as exc:
         "Query parsing needs price-parser and webcolors: pip install 'scrapy-checkpoint[query]'"
     ) from exc
 
-__all__ = ["QueryError", "parse_query", "tokenize"]
+__all__ = ["QueryError", "Vocabulary", "parse_query", "tokenize"]
 
 
 class QueryError(ValueError):
@@ -328,9 +329,10 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
-def _lookup(table: Mapping[tuple[str, ...], str], tokens: list[str], i: int) -> tuple[int, str | None]:
+def _lookup(table: Mapping[tuple[str, ...], str], tokens: list[str], i: int,
+            longest: int = _LONGEST) -> tuple[int, str | None]:
     """The longest phrase of *table* starting at tokens[i]: its length and value, or (0, None)."""
-    for n in range(min(_LONGEST, len(tokens) - i), 0, -1):
+    for n in range(min(longest, len(tokens) - i), 0, -1):
         value = table.get(tuple(tokens[i:i + n]))
         if value is not None:
             return n, value
@@ -354,8 +356,10 @@ _Reader = Callable[[list[str], int], "_Match | None"]
 
 
 def _table_reader(table: Mapping[tuple[str, ...], str], kind: str, attribute: str | None = None) -> _Reader:
+    longest = max((len(key) for key in table), default=0)
+
     def read(tokens: list[str], i: int) -> _Match | None:
-        n, value = _lookup(table, tokens, i)
+        n, value = _lookup(table, tokens, i, longest)
         if not n:
             return None
         return _Match(n, kind, (attribute, value) if attribute else value)
@@ -493,12 +497,12 @@ def _price(tokens: list[str], i: int) -> _Match | None:
     return _Match(end - i, "price", (low, high, currency))
 
 
-def _brand_by(tokens: list[str], i: int) -> _Match | None:
+def _brand_by(tokens: list[str], i: int, known: tuple[_Reader, ...] | None = None) -> _Match | None:
     """A brand after "by" that no vocabulary knows: "dresses by reformation"."""
     if tokens[i] != "by" or i + 1 >= len(tokens):
         return None
     name = tokens[i + 1]
-    if not name.isalpha() or _known(tokens, i + 1):
+    if not name.isalpha() or any(read(tokens, i + 1) is not None for read in known or _KNOWN):
         return None
     return _Match(2, "attribute", ("brand", name))
 
@@ -507,8 +511,8 @@ def _stop(tokens: list[str], i: int) -> _Match | None:
     return _Match(1, "stop") if tokens[i] in _STOP_WORDS else None
 
 
-#: Every reader; at each position the longest match wins, the first listed on a tie.
-_READERS: tuple[_Reader, ...] = (
+#: The readers of the built-in vocabularies.
+_TABLE_READERS: tuple[_Reader, ...] = (
     _price,
     _table_reader(_ORDERS, "order"),
     _size,
@@ -519,22 +523,105 @@ _READERS: tuple[_Reader, ...] = (
     _table_reader(_FITS, "attribute", "fit"),
     _colour,
     _table_reader(_STYLES, "attribute", "style"),
-    _brand_by,
-    _stop,
 )
+#: What a word after "by" must not be to be taken for a brand.
+_KNOWN: tuple[_Reader, ...] = (*_TABLE_READERS, _stop)
+#: Every reader; at each position the longest match wins, the first listed on a tie.
+_READERS: tuple[_Reader, ...] = (*_TABLE_READERS, _brand_by, _stop)
 
 
-def _read(tokens: list[str], i: int) -> _Match | None:
+def _read(tokens: list[str], i: int, readers: tuple[_Reader, ...] = _READERS) -> _Match | None:
     best = None
-    for reader in _READERS:
+    for reader in readers:
         match = reader(tokens, i)
         if match is not None and (best is None or match.length > best.length):
             best = match
     return best
 
 
-def _known(tokens: list[str], i: int) -> bool:
-    return any(reader(tokens, i) is not None for reader in _READERS if reader is not _brand_by)
+def _builtin_reads(tokens: list[str]) -> list[_Match | None]:
+    """What the built-in vocabularies read in *tokens*, read as a query is: a match per
+    phrase, None per word they do not know."""
+    reads: list[_Match | None] = []
+    i = 0
+    while i < len(tokens):
+        match = _read(tokens, i, _KNOWN)
+        reads.append(match)
+        i += match.length if match is not None else 1
+    return reads
+
+
+# -- a vocabulary grown from the sites' items -------------------------------------------------
+
+#: What each kind of the Vocabulary is read as: a match kind and the attribute it sets.
+_VOCABULARY_KINDS: Mapping[str, tuple[str, str | None]] = {
+    "brands": ("attribute", "brand"), "product_types": ("product", None),
+    "materials": ("attribute", "material"), "colors": ("attribute", "color"),
+}
+
+
+def _normal(phrase: str) -> str:
+    return " ".join(tokenize(phrase))
+
+
+def _entries(given: Mapping[str, str] | Iterable[str], builtin: Mapping[tuple[str, ...], str]) -> dict[str, str]:
+    """*given* phrases (each its own value, or mapped to one) as the tokenizer writes them,
+    sorted; a value the built-ins know is written as they write it ("dresses": "dress")."""
+    pairs = given.items() if isinstance(given, Mapping) else ((phrase, phrase) for phrase in given)
+    entries: dict[str, str] = {}
+    for phrase, value in pairs:
+        if not isinstance(phrase, str) or not isinstance(value, str):
+            raise TypeError(f"Vocabulary phrases and their values must be strings, not {phrase!r}: {value!r}.")
+        key, value = _normal(phrase), _normal(value)
+        if key and value:
+            entries[key] = builtin.get(tuple(value.split()), value)
+    return dict(sorted(entries.items()))
+
+
+def _product_forms(table: Mapping[str, str]) -> dict[str, str]:
+    """The phrases of *table*, its names, and their plurals, as the built-in products have."""
+    return _with_plurals({**{name: name for name in table.values()}, **table})
+
+
+class Vocabulary:
+    """Phrases the built-in word lists lack, per kind, e.g. the brands and product types of
+    the sites' own items (queries.vocabulary_from_items). Each kind takes phrases (each its
+    own value) or a mapping of phrase to value: ``Vocabulary(brands=["Maison Clair"],
+    product_types={"kimonos": "kimono"})``. The built-ins win a tie: a phrase they read the
+    same length keeps its built-in meaning. Product types are read by their names and in
+    the plural too."""
+
+    __slots__ = ("_readers", "brands", "colors", "materials", "product_types")
+
+    def __init__(self, brands: Mapping[str, str] | Iterable[str] = (),
+                 product_types: Mapping[str, str] | Iterable[str] = (),
+                 materials: Mapping[str, str] | Iterable[str] = (),
+                 colors: Mapping[str, str] | Iterable[str] = ()) -> None:
+        #: Lowercase phrase, as the tokenizer cuts it: the value the query gets.
+        self.brands: Mapping[str, str] = _entries(brands, _BRANDS)
+        self.product_types: Mapping[str, str] = _entries(product_types, _PRODUCTS)
+        self.materials: Mapping[str, str] = _entries(materials, _MATERIALS)
+        self.colors: Mapping[str, str] = _entries(colors, {})
+        extra = tuple(
+            _table_reader(_phrases(_product_forms(table) if kind == "product_types" else table), *read_as)
+            for kind, read_as in _VOCABULARY_KINDS.items() if (table := getattr(self, kind))
+        )
+        known = (*_KNOWN, *extra)
+        # After the built-ins, so that they win a tie.
+        self._readers: tuple[_Reader, ...] = (
+            *_TABLE_READERS, partial(_brand_by, known=known), _stop, *extra)
+
+    def __len__(self) -> int:
+        return sum(len(getattr(self, kind)) for kind in _VOCABULARY_KINDS)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and all(
+            getattr(self, kind) == getattr(other, kind) for kind in _VOCABULARY_KINDS)
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{kind}={dict(table)!r}" for kind in _VOCABULARY_KINDS
+                          if (table := getattr(self, kind)))
+        return f"Vocabulary({given})"
 
 
 # -- the intent -----------------------------------------------------------------------------
@@ -601,16 +688,18 @@ class _Draft:
 _EXAMPLE = "e.g. 'red dress under $50'"
 
 
-def parse_query(text: str) -> ParsedIntent:
-    """What the shopping query *text* asks for. Words it does not understand are kept as
-    keywords; raises QueryError when nothing in it can select a product."""
+def parse_query(text: str, vocabulary: Vocabulary | None = None) -> ParsedIntent:
+    """What the shopping query *text* asks for, read with the built-in word lists and the
+    *vocabulary*'s phrases. Words neither knows are kept as keywords; raises QueryError when
+    nothing in it can select a product."""
     if not text or not text.strip():
         raise QueryError(f"The query {text!r} is empty: say what to look for, {_EXAMPLE}.")
     tokens = tokenize(text)
+    readers = _READERS if vocabulary is None else vocabulary._readers
     draft = _Draft()
     i = 0
     while i < len(tokens):
-        match = _read(tokens, i)
+        match = _read(tokens, i, readers)
         if match is not None:
             draft.add(match, i)
             i += match.length

@@ -26,12 +26,14 @@ from .intent import (
     LETTER_SIZES,
     MATERIALS,
     UNITS,
+    Vocabulary,
+    _builtin_reads,
     _is_colour,
     _lookup,
     tokenize,
 )
 
-__all__ = ["FieldMap", "QueryResult", "aggregate", "match", "parse_price"]
+__all__ = ["FieldMap", "QueryResult", "aggregate", "match", "parse_price", "vocabulary_from_items"]
 
 
 class QueryResult(BaseModel):
@@ -271,6 +273,20 @@ def _product_forms(name: str) -> set[tuple[str, ...]]:
     return {form for form, value in _PRODUCTS.items() if value == name}
 
 
+def _numbers(word: str) -> set[str]:
+    """*word* in either number, as far as the regular rules tell: "kimono", "kimonos"."""
+    words = {word, word + "s", word + "es"}
+    if word.endswith("ies"):
+        words.add(word[:-3] + "y")
+    elif word.endswith("es"):
+        words.update({word[:-2], word[:-1]})
+    elif word.endswith("s"):
+        words.add(word[:-1])
+    if word.endswith("y"):
+        words.add(word[:-1] + "ies")
+    return {w for w in words if w}
+
+
 def _phrase(text: str) -> tuple[str, ...]:
     return tuple(tokenize(text))
 
@@ -434,17 +450,27 @@ class _Requirement:
 class _ProductRequirement(_Requirement):
     """The product type: what the type field names, or failing that the title is."""
 
-    __slots__ = ("product",)
+    __slots__ = ("builtin", "product")
 
     def __init__(self, fields: tuple[str, ...], product: str) -> None:
-        super().__init__(fields, _product_forms(product) | {_phrase(product)})
+        forms = _product_forms(product) | {_phrase(product)}
+        self.builtin = product in _PRODUCT_NAMES
+        if not self.builtin:  # a type of a Vocabulary: its words, in either number
+            forms = {(*form[:-1], word) for form in forms if form for word in _numbers(form[-1])}
+        super().__init__(fields, forms)
         self.product = product
 
     def read_field(self, strings: tuple[str, ...]) -> bool | None:
+        if not self.builtin and super().read_field(strings):
+            return True
         products = _field_products(strings)
-        return (self.product in products) if products else None  # "Clothing": ask the title
+        if self.builtin:
+            return (self.product in products) if products else None  # "Clothing": ask the title
+        return False if products else None  # "Dresses" is no kimono
 
     def by_title(self, ctx: _Item) -> bool:
+        if not self.builtin:
+            return super().by_title(ctx)
         return self.product in _title_products(ctx.tokens)
 
 
@@ -453,9 +479,11 @@ class _ColourRequirement(_Requirement):
 
     def read_field(self, strings: tuple[str, ...]) -> bool | None:
         tokens = [tokenize(s) for s in strings]
+        if any(_has_phrase(ts, form) for ts in tokens for form in self.forms):
+            return True  # a colour of a Vocabulary too: "sage"
         if not any(_is_colour(t) or t in COLOUR_MODIFIERS for ts in tokens for t in ts):
             return None  # "as pictured", "pattern 3": ask the title
-        return any(_has_phrase(ts, form) for ts in tokens for form in self.forms)
+        return False
 
 
 class _KeywordRequirement:
@@ -627,6 +655,86 @@ def match(item: Mapping[str, Any], intent: ParsedIntent, fields: FieldMap | None
     it does not match. *rates* converts other currencies to the query's (currency -> rate)."""
     matcher = _Matcher(intent, fields or FieldMap(), rates)
     return None if matcher.hit(item, "") is None else dict(matcher.matched)
+
+
+# -- a vocabulary from items -----------------------------------------------------------------
+
+#: The longest phrase a field value may be to join a vocabulary: longer is a description.
+VOCABULARY_MAX_WORDS = 4
+
+
+def _field_phrases(strings: Iterable[str], split: bool) -> Iterable[list[str]]:
+    """The phrases of field values as the tokenizer cuts them; with *split* the parts of
+    "Dresses & Skirts", "60% cotton, 40% wool" are phrases of their own."""
+    for string in strings:
+        for part in _SEGMENTS.split(string) if split else (string,):
+            tokens = tokenize(part)
+            if (tokens and len(tokens) <= VOCABULARY_MAX_WORDS
+                    and any(not c.isdigit() and c.isalnum() for t in tokens for c in t)):
+                yield tokens
+
+
+def _all_known(tokens: list[str]) -> bool:
+    return all(match is not None for match in _builtin_reads(tokens))
+
+
+def _new_words(tokens: list[str]) -> list[str] | None:
+    """*tokens* less the words the built-ins read before the first they do not know ("silk
+    kimono": "kimono"), when none is known after; None when the built-ins know them all."""
+    reads = _builtin_reads(tokens)
+    if all(match is not None for match in reads):
+        return None
+    lengths = [match.length if match is not None else 1 for match in reads]
+    first = next(n for n, match in enumerate(reads) if match is None)
+    if any(match is not None for match in reads[first:]):
+        return None  # "kimono dress", "poncho black": no one new word for one thing
+    return tokens[sum(lengths[:first]):]
+
+
+def _singular(phrases: set[str]) -> dict[str, str]:
+    """Each phrase, or its singular when that is among them too: "kimonos" and "kimono"."""
+    result = {}
+    for phrase in sorted(phrases):
+        *head, last = phrase.split()
+        singulars = sorted((" ".join((*head, word)) for word in _numbers(last) if len(word) < len(last)),
+                           key=lambda s: (-len(s), s))
+        result[phrase] = next((s for s in singulars if s in phrases), phrase)
+    return result
+
+
+def vocabulary_from_items(items: Iterable[Mapping[str, Any]], fields: FieldMap | None = None,
+                          limit: int = 10_000) -> Vocabulary:
+    """The brands, product types, materials and colours of up to *limit* items that the
+    built-in word lists lack, for parse_query: read from the fields *fields* names for
+    "brand", "type", "material" and "color". A value of more than four words or of numbers
+    only is left out, and so is one the built-ins read whole; a type the built-ins know is
+    mapped to their name ("Dresses": "dress"). The same items give the same vocabulary."""
+    fields = fields or FieldMap()
+    values: dict[str, set[str]] = {kind: set() for kind in ("brand", "type", "material", "color")}
+    for item in itertools.islice(items, max(limit, 0)):
+        for kind, seen in values.items():  # few distinct values: each is read once
+            seen.update(_strings(fields.get(item, kind)))
+    brands: dict[str, str] = {}
+    builtin_types: dict[str, str] = {}
+    new_types: set[str] = set()
+    materials: dict[str, str] = {}
+    colors: dict[str, str] = {}
+    for tokens in _field_phrases(values["brand"], split=False):
+        if not _all_known(tokens):  # "Maison Clair" whole, "H&M" too: a brand is one name
+            brands[" ".join(tokens)] = " ".join(tokens)
+    for tokens in _field_phrases(values["type"], split=True):
+        if (known := _PRODUCTS.get(tuple(tokens))) is not None:
+            builtin_types[" ".join(tokens)] = known
+        elif (words := _new_words(tokens)) is not None:
+            new_types.add(" ".join(words))
+    for tokens in _field_phrases(values["material"], split=True):
+        if not _all_known(tokens):  # "cotton blend" whole: one material
+            materials[" ".join(tokens)] = " ".join(tokens)
+    for tokens in _field_phrases(values["color"], split=True):
+        if not _all_known(tokens):  # "heather grey" whole: one colour
+            colors[" ".join(tokens)] = " ".join(tokens)
+    return Vocabulary(brands=brands, product_types={**_singular(new_types), **builtin_types},
+                      materials=materials, colors=colors)
 
 
 # -- aggregation ----------------------------------------------------------------------------
