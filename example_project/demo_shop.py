@@ -270,7 +270,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     catalog = Catalog(args.products, args.per_page, args.categories)
-    server = ShopServer((args.host, args.port), catalog, args.latency, args.log)
+    return serve(ShopServer((args.host, args.port), catalog, args.latency, args.log), "demo-shop", URL_PREFIX)
+
+
+def serve(server: ThreadingHTTPServer, name: str, url_prefix: str) -> int:
+    """Serve until SIGTERM or SIGINT; the first line on stdout is *url_prefix* and the URL."""
     stop = threading.Event()
 
     def _stop(signum: int, frame: object) -> None:
@@ -281,11 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     # Serving from a thread leaves the main thread free to run the signal handlers;
     # shutdown() cannot be called from the thread running serve_forever().
     thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="demo-shop", daemon=True
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True
     )
     thread.start()
     host, port = server.server_address[:2]
-    print(f"{URL_PREFIX}http://{host}:{port}", flush=True)
+    print(f"{url_prefix}http://{host}:{port}", flush=True)
     try:
         stop.wait()
     finally:

@@ -29,15 +29,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import html
-import signal
 import sys
-import threading
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from demo_shop import ShopHandler, ShopServer, _non_negative, _positive_int
+from demo_shop import ShopHandler, ShopServer, _non_negative, _positive_int, serve
 
 URL_PREFIX = "FASHION_SHOP_URL="
 
@@ -424,28 +422,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     catalog = Catalog(args.shop, args.products, args.per_page)
-    server = FashionShopServer((args.host, args.port), catalog, args.latency, args.log)
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    # As in demo_shop: serving from a thread leaves the main thread to the signal handlers.
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=args.shop, daemon=True
-    )
-    thread.start()
-    host, port = server.server_address[:2]
-    print(f"{URL_PREFIX}http://{host}:{port}", flush=True)
-    try:
-        stop.wait()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-    return 0
+    return serve(FashionShopServer((args.host, args.port), catalog, args.latency, args.log), args.shop, URL_PREFIX)
 
 
 if __name__ == "__main__":

@@ -489,24 +489,28 @@ class HybridCheckpointStore(CheckpointStore):
         """From both stores; StoreUnavailable when one cannot be reached, since the copy left
         there would come back (run it again once the store answers)."""
         with self._lock:
-            deleted = False
-            down: list[str] = []
             for side in (self.mongodb, self.redis):
-                try:
-                    side.store.open()
-                    deleted = side.store.delete(checkpoint_id) or deleted
-                except _UNAVAILABLE as exc:
-                    down.append(f"{side.label} at {side.store.describe()} ({self._text(exc)})")
                 side.backlog = deque(e for e in side.backlog if e[0] != checkpoint_id)
                 side.events = sum(_weight(e) for _, e, _ in side.backlog)
                 side.stale.discard(checkpoint_id)
             self._sources.pop(checkpoint_id, None)
-            if down:
-                raise StoreUnavailable(
-                    f"Checkpoint {checkpoint_id} may still be in {' and '.join(down)}: "
-                    "delete it again once the store answers"
-                )
-            return deleted
+            return self._delete_from_both(lambda store: store.delete(checkpoint_id), f"Checkpoint {checkpoint_id}")
+
+    def _delete_from_both(self, delete: Callable[[CheckpointStore], bool], what: str) -> bool:
+        """*delete* in MongoDB, then Redis; whether either held it. StoreUnavailable naming
+        *what* when one cannot be reached (after the other deleted it)."""
+        deleted = False
+        down: list[str] = []
+        for side in (self.mongodb, self.redis):
+            try:
+                side.store.open()
+                deleted = delete(side.store) or deleted
+            except _UNAVAILABLE as exc:
+                down.append(f"{side.label} at {side.store.describe()} ({self._text(exc)})")
+        if down:
+            raise StoreUnavailable(
+                f"{what} may still be in {' and '.join(down)}: delete it again once the store answers")
+        return deleted
 
     # -- user queries and query sessions ---------------------------------------------------
     #
@@ -581,17 +585,4 @@ class HybridCheckpointStore(CheckpointStore):
         """From both stores; StoreUnavailable when one cannot be reached, since the copy left
         there would come back (run it again once the store answers)."""
         with self._lock:
-            deleted = False
-            down: list[str] = []
-            for side in (self.mongodb, self.redis):
-                try:
-                    side.store.open()
-                    deleted = side.store.delete_user_query(query_id) or deleted
-                except _UNAVAILABLE as exc:
-                    down.append(f"{side.label} at {side.store.describe()} ({self._text(exc)})")
-            if down:
-                raise StoreUnavailable(
-                    f"User query {query_id} may still be in {' and '.join(down)}: "
-                    "delete it again once the store answers"
-                )
-            return deleted
+            return self._delete_from_both(lambda store: store.delete_user_query(query_id), f"User query {query_id}")
