@@ -367,6 +367,18 @@ class TestSQLiteStore(StoreContract):
     def make_store(self, tmp_path):
         return lambda: SQLiteCheckpointStore(tmp_path / "checkpoints.sqlite3")
 
+    def test_items_read_by_pages(self, store, monkeypatch):
+        from scrapy_checkpoint.stores import sqlite
+
+        monkeypatch.setattr(sqlite, "ITEMS_PAGE", 2)
+        cp, other = new_checkpoint(), new_checkpoint()
+        store.create(cp)
+        store.create(other)
+        store.apply(cp.checkpoint_id, batch(1, items=[("Item", {"n": n}) for n in range(3)]), TTL)
+        store.apply(other.checkpoint_id, batch(1, items=[("Item", {"n": 9})]), TTL)
+        store.apply(cp.checkpoint_id, batch(2, items=[("Item", {"n": n}) for n in range(3, 5)]), TTL)
+        assert [item["n"] for _, item in store.items(cp.checkpoint_id)] == [0, 1, 2, 3, 4]
+
     def test_corrupt_record_names_checkpoint(self, store):
         cp = new_checkpoint()
         store.create(cp)

@@ -37,6 +37,8 @@ WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
 SCAN_CACHE_KIB = 2048
 #: Bits of a request's position that number it within its batch.
 POSITION_BITS = 32
+#: Stored items read at a time by items().
+ITEMS_PAGE = 1000
 #: The first bits of a WAL header's magic number; its last bit gives the checksums' byte order.
 WAL_MAGIC = 0x377F0682
 
@@ -480,13 +482,20 @@ class SQLiteCheckpointStore(CheckpointStore):
         return [r for _, r in rows if r is not None], (rows[-1][0] if rows else after)
 
     def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        with self._lock:
-            rows = self.db.execute(
-                "SELECT item_type, item FROM items WHERE checkpoint = ? ORDER BY id",
-                (self._key(checkpoint_id),),
-            ).fetchall()
-        for item_type, item in rows:
-            yield item_type, json.loads(item)
+        # By pages of ids: neither every row held at once nor the connection held between
+        # them (a crawl's flush thread shares it), and the first item costs one page.
+        last = -1
+        while True:
+            with self._lock:
+                rows = self.db.execute(
+                    "SELECT id, item_type, item FROM items WHERE checkpoint = ? AND id > ? ORDER BY id LIMIT ?",
+                    (self._key(checkpoint_id), last, ITEMS_PAGE),
+                ).fetchall()
+            for _, item_type, item in rows:
+                yield item_type, json.loads(item)
+            if len(rows) < ITEMS_PAGE:
+                return
+            last = rows[-1][0]
 
     def list_checkpoints(
         self,
