@@ -245,10 +245,11 @@ def open_store(settings: dict[str, Any]) -> Any:
 
 
 def write_checkpoint(settings: dict[str, Any], synthetic: Synthetic, batch_size: int,
-                     max_seconds: float, probe: bool = True) -> dict[str, Any]:
+                     max_seconds: float, probe: bool = True, data_dir: Path | None = None) -> dict[str, Any]:
     """Write the synthetic checkpoint through the store's ``apply``; return its write rate and,
     with *probe*, how fast the store hands back the processed fingerprints (as a resume reads
-    them). Raises Skip, with the store's rates, when writing would take over *max_seconds*."""
+    them) and, for MongoDB, its storage per URL (*data_dir*: where the stand-in keeps its files).
+    Raises Skip, with the store's rates, when writing would take over *max_seconds*."""
     from scrapy_checkpoint.models import Checkpoint
 
     store = open_store({**settings, "CHECKPOINT_STORE_TIMEOUT": BUILD_TIMEOUT})
@@ -280,9 +281,53 @@ def write_checkpoint(settings: dict[str, Any], synthetic: Synthetic, batch_size:
         if probe:
             first, count, reading = read_probe(store, checkpoint.checkpoint_id)
             info.update(read_first_s=round(first, 3), read_fps_per_s=round(count / reading))
+            if store.name == "mongodb" and data_dir is not None:
+                info["storage"] = mongodb_storage(store, checkpoint.checkpoint_id, data_dir)
     finally:
         store.close()
     return info
+
+
+def mongodb_storage(store: Any, checkpoint_id: str, data_dir: Path) -> dict[str, Any]:
+    """Bytes per processed and per pending URL of the checkpoint: its URL documents' share of
+    the collection's storage plus an equal share per URL of the collection's indexes. From
+    ``collStats`` and ``$bsonSize`` on a MongoDB; the nx-27017 stand-in has neither, so from
+    its SQLite file (``dbstat``: the pages of the URL table and of its indexes), the table's
+    pages shared out by the length of each row's ``_id`` and JSON text. (The stand-in answers
+    ``collStats``, with no index sizes and a storage size of its own making.)"""
+    import sqlite3
+
+    from scrapy_checkpoint.stores.mongodb import URLS
+
+    if store.db.client.admin.command("buildInfo").get("process") != "nx_27017":
+        stats = store.db.command("collStats", URLS)
+        sizes = {d["_id"]: (d["n"], d["bytes"]) for d in store.db[URLS].aggregate([
+            {"$match": {"checkpoint_id": checkpoint_id}},
+            {"$group": {"_id": "$processed", "n": {"$sum": 1}, "bytes": {"$sum": {"$bsonSize": "$$ROOT"}}}},
+        ])}
+        table, indexes, method = stats["storageSize"], stats["totalIndexSize"], "collStats storageSize, $bsonSize"
+        data_bytes = stats["size"]
+    else:
+        files = list(data_dir.rglob(f"{store.database}.db"))
+        if not files:
+            return {"method": f"none: no collStats and no {store.database}.db under {data_dir}"}
+        with contextlib.closing(sqlite3.connect(f"file:{files[0]}?mode=ro", uri=True)) as db:
+            sizes = {bool(kind): (n, size) for kind, n, size in db.execute(
+                f"SELECT json_extract(data, '$.processed'), count(*), sum(length(_id) + length(data))"
+                f" FROM {URLS} WHERE json_extract(data, '$.checkpoint_id') = ? GROUP BY 1", (checkpoint_id,))}
+            pages = dict(db.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"))
+        table = pages.get(URLS, 0)
+        indexes = sum(size for name, size in pages.items() if name.startswith(f"idx_{URLS}_"))
+        data_bytes = sum(size for _, size in sizes.values())
+        method = "the stand-in's SQLite file (dbstat)"
+    urls = sum(n for n, _ in sizes.values()) or 1
+    per = {}
+    for kind, name in ((True, "processed"), (False, "pending")):
+        n, size = sizes.get(kind, (0, 0))
+        if n:
+            per[f"{name}_bytes"] = round(table * size / max(data_bytes, 1) / n + indexes / urls)
+            per[f"{name}_document_bytes"] = round(size / n)
+    return {**per, "urls": urls, "table_bytes": table, "index_bytes": indexes, "method": method}
 
 
 def read_probe(store: Any, checkpoint_id: str) -> tuple[float, int, float]:
@@ -311,7 +356,7 @@ def build_checkpoint(name: str, synthetic: Synthetic, snapshot: Path, args: argp
     work = snapshot.parent / f"build-{name}"
     try:
         with services(SERVICES[name], work) as settings:
-            info = write_checkpoint(settings, synthetic, args.batch, args.max_build_seconds)
+            info = write_checkpoint(settings, synthetic, args.batch, args.max_build_seconds, data_dir=work)
             # A store call of the crawl gives up after CHECKPOINT_STORE_TIMEOUT: a store that
             # answers the first page of fingerprints later cannot be resumed from at all.
             timeout = args.store_timeout or DEFAULTS["CHECKPOINT_STORE_TIMEOUT"]
@@ -660,6 +705,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(row['first_request_s'], 11, 2)}{_fmt(row['first_request_from_open_s'], 13, 2)}"
               f"{_fmt(row['load_s'], 9, 2)}{_fmt(row['max_rss_mb'], 13, 1)}"
               f"{_fmt(row['extra_rss_mb'], 10, 1)}{dupefilter['hex_mb']:>15.1f}")
+    for name in names:
+        storage = (report.get(name) or {}).get("storage")
+        if storage and "processed_bytes" in storage:
+            print(f"{name} storage per URL: processed {storage['processed_bytes']:,} B, pending"
+                  f" {storage.get('pending_bytes', 0):,} B (documents alone {storage['processed_document_bytes']:,}"
+                  f" and {storage.get('pending_document_bytes', 0):,} B; {storage['method']})")
     print(f"dupefilter MB: a set of {args.processed:,} 40-char hex fingerprints; the same as 20-byte "
           f"bytes (what RFPDupeFilter and the extension keep in Scrapy 2.19): {dupefilter['bytes_mb']:.1f} MB")
     print("BENCH_JSON " + json.dumps({

@@ -59,6 +59,10 @@ _PART_BYTES = 8 * 1024 * 1024
 _LISTS = ("discovered", "processed", "items")
 # Upserts per bulk_write, so that each call ends well within CHECKPOINT_STORE_TIMEOUT.
 _BULK_SIZE = 1000
+# URL documents per query of a resume's reads: a server that builds a whole result before
+# answering (the nx-27017 stand-in, about 10,000 documents a second) answers each page well
+# within CHECKPOINT_STORE_TIMEOUT, whatever the size of the checkpoint.
+_PAGE = 5000
 
 
 def _int(minimum: int | None = 0, maximum: int | None = None, null: bool = False) -> dict[str, Any]:
@@ -360,11 +364,14 @@ def _url_updates(checkpoint_id: str, seq: int, discovered: list[dict[str, Any]],
         for i, r in enumerate(discovered)
     ]
     # A request processed without a record (it could not be serialized) still has to be
-    # known as processed, so that a resume does not redo it.
+    # known as processed, so that a resume does not redo it. A processed URL keeps only its
+    # fingerprint, flags and position: its request is never sent again, and its URL is not
+    # read back. After the discovered upserts, so that a URL discovered and processed in one
+    # batch loses its body too; $unset of an absent field is a no-op, so a replay is too.
     updates += [
         _upsert(
             {"_id": _url_id(checkpoint_id, fp)},
-            {"$set": {"processed": True},
+            {"$set": {"processed": True}, "$unset": {"request": "", "url": ""},
              "$setOnInsert": {"checkpoint_id": checkpoint_id, "fingerprint": fp, "start": False,
                               "pos": base + len(discovered) + i}},
             512,
@@ -798,33 +805,65 @@ class MongoDBCheckpointStore(CheckpointStore):
     # -- URLs and items --------------------------------------------------------------------
 
     def processed_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
-        yield from self._fingerprints(checkpoint_id, processed=True)
-
-    def pending_start_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
-        yield from self._fingerprints(checkpoint_id, processed=False, start=True)
-
-    def _fingerprints(self, checkpoint_id: str, **where: bool) -> Iterator[bytes]:
+        """In ascending order (what ``FingerprintSet`` packs fastest), a page at a time by
+        ``_id`` range: ``_id`` is ``<checkpoint_id>/<fingerprint hex>``, so the primary key
+        holds them in that order. The range is given as ``min``/``max`` with the ``_id``
+        index as hint, rather than ``$gt``/``$lt``, which the nx-27017 stand-in evaluates in
+        Python over the whole collection; and ``processed`` is the only filter, so that no
+        other index can be chosen (the stand-in's SQLite would then sort every processed
+        URL for each page)."""
         with self._errors():
             self._recover(checkpoint_id)
-            with self.db[URLS].find({"checkpoint_id": checkpoint_id, **where}, {"fingerprint": 1}) as cursor:
-                for doc in cursor:
+        low, high = f"{checkpoint_id}/", f"{checkpoint_id}0"  # "0" follows "/"
+        limit = _PAGE
+        while True:
+            with self._errors():
+                docs = list(
+                    self.db[URLS].find({"processed": True}, {"fingerprint": 1})
+                    .min([("_id", low)]).max([("_id", high)]).hint([("_id", ASCENDING)])
+                    .sort("_id", ASCENDING).limit(limit)
+                )
+            for doc in docs:
+                if doc["_id"] != low:  # min is inclusive: the last one of the page before
                     yield self._field(doc, "fingerprint", bytes, checkpoint_id, URLS)
+            if len(docs) < limit:
+                return
+            low, limit = docs[-1]["_id"], _PAGE + 1
+
+    def pending_start_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
+        """Paged by position in the ``pending`` index (in no order of fingerprint)."""
+        after = None
+        while True:
+            docs = self._pending(checkpoint_id, after, _PAGE, {"start": {"$eq": True}}, {"fingerprint": 1})
+            for doc in docs:
+                yield self._field(doc, "fingerprint", bytes, checkpoint_id, URLS)
+            if len(docs) < _PAGE:
+                return
+            after = docs[-1]["pos"]
 
     def pending_requests(
         self, checkpoint_id: str, after: Any, limit: int
     ) -> tuple[list[bytes], Any]:
-        with self._errors():
-            self._recover(checkpoint_id)
-            docs = list(
-                self.db[URLS]
-                .find({"checkpoint_id": checkpoint_id, "processed": False,
-                       "pos": {"$gt": -1 if after is None else after}}, {"request": 1, "pos": 1})
-                .sort("pos", ASCENDING)
-                .limit(limit)
-            )
+        docs = self._pending(checkpoint_id, after, limit, {}, {"request": 1})
         requests = [self._field(d, "request", bytes, checkpoint_id, URLS)
                     for d in docs if d.get("request") is not None]
         return requests, (docs[-1]["pos"] if docs else after)
+
+    def _pending(self, checkpoint_id: str, after: Any, limit: int, where: dict[str, Any],
+                 fields: dict[str, int]) -> list[dict[str, Any]]:
+        """Up to *limit* unprocessed URL documents after position *after*, in discovery
+        order, by the ``pending`` index. Each condition is an ``$eq``: the stand-in reads a
+        bare value as "equal to, or an array holding", which no index can answer, and would
+        scan the collection for every page."""
+        with self._errors():
+            self._recover(checkpoint_id)
+            return list(
+                self.db[URLS]
+                .find({"checkpoint_id": {"$eq": checkpoint_id}, "processed": {"$eq": False}, **where,
+                       "pos": {"$gt": -1 if after is None else after}}, {**fields, "pos": 1})
+                .sort("pos", ASCENDING)
+                .limit(limit)
+            )
 
     def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         with self._errors():
