@@ -24,7 +24,9 @@ Two parts (``--parts``):
   new command; the file in the OS cache): ``answering_checkpoint`` for both sites (what
   ``--max-age`` runs to find them), reading every item back
   (``SQLiteCheckpointStore.items``, the fields of each) and ``aggregate(...)``, each timed (wall and CPU of this
-  process). Last, ``scrapy query QUERY --max-age 1h --json`` against that store, whole.
+  process); then, on a store opened afresh again, the path the command takes: only the items
+  the query's ``prefilter`` lets through (``ItemSource.items`` with it: the store's
+  ``matching_items``) and ``aggregate(...)`` of them, checked to give the same results. Last, ``scrapy query QUERY --max-age 1h --json`` against that store, whole.
 
 Medians over ``--repeat`` rounds. Last line: ``BENCH_JSON {...}``; exits 1 if a run failed.
 
@@ -71,6 +73,7 @@ from scrapy_checkpoint.queries import (
     FieldMap,
     aggregate,
     parse_query,
+    prefilter,
     session,
 )
 from scrapy_checkpoint.settings import DEFAULTS
@@ -313,7 +316,7 @@ def aggregation(args: argparse.Namespace, workdir: Path, rng: random.Random) -> 
         rng.shuffle(order)
         for text in order:
             intent = parse_query(text)
-            find, read, agg = Clock(), Clock(), Clock()
+            find, read, agg, pre_read, pre_agg = Clock(), Clock(), Clock(), Clock(), Clock()
             store = SQLiteCheckpointStore(path)
             store.open()
             try:
@@ -334,9 +337,26 @@ def aggregation(args: argparse.Namespace, workdir: Path, rng: random.Random) -> 
             if count != args.items:
                 errors.append(f"{text!r}: read {count} items, not {args.items}")
             del sources
+            store = SQLiteCheckpointStore(path)
+            store.open()
+            try:
+                with pre_read():  # what the command does: scrapy query's _items
+                    contains = prefilter(intent, FieldMap())
+                    source = session.ItemSource(store)
+                    sources = [(SITES[name], list(source.items(ids[name], contains))) for name in sorted(SITES)]
+                with pre_agg():
+                    filtered = aggregate(intent, sources, fields=FieldMap(), limit=LIMIT)
+            finally:
+                store.close()
+            if filtered != results:
+                errors.append(f"{text!r}: the prefiltered items gave other results than all items")
+            kept = sum(len(s) for _, s in sources)
+            del sources
             runs[text].append({"find_s": find.wall, "find_cpu_s": find.cpu, "read_s": read.wall,
                                "read_cpu_s": read.cpu, "aggregate_s": agg.wall, "aggregate_cpu_s": agg.cpu,
-                               "results": len(results)})
+                               "pre_read_s": pre_read.wall, "pre_read_cpu_s": pre_read.cpu,
+                               "pre_aggregate_s": pre_agg.wall, "pre_aggregate_cpu_s": pre_agg.cpu,
+                               "pre_items": kept, "results": len(results)})
         print(f"aggregate round {round_ + 1}/{args.repeat} done", file=sys.stderr)
     command: dict[str, Any] = {}
     if args.command_rounds:
@@ -362,7 +382,8 @@ def _an_hour_ago() -> Any:
     return utcnow() - timedelta(hours=1)
 
 
-AGG_KEYS = ("find_s", "find_cpu_s", "read_s", "read_cpu_s", "aggregate_s", "aggregate_cpu_s")
+AGG_KEYS = ("find_s", "find_cpu_s", "read_s", "read_cpu_s", "aggregate_s", "aggregate_cpu_s", "pre_read_s",
+            "pre_read_cpu_s", "pre_aggregate_s", "pre_aggregate_cpu_s", "pre_items")
 
 
 def summarize_aggregation(result: dict[str, Any]) -> dict[str, Any]:
@@ -374,6 +395,9 @@ def summarize_aggregation(result: dict[str, Any]) -> dict[str, Any]:
             row["read_aggregate_min_s"] = min(r["read_s"] + r["aggregate_s"] for r in runs)
             row["read_aggregate_max_s"] = max(r["read_s"] + r["aggregate_s"] for r in runs)
             row["read_aggregate_cpu_s"] = med(r["read_cpu_s"] + r["aggregate_cpu_s"] for r in runs)
+            row["pre_read_aggregate_s"] = med(r["pre_read_s"] + r["pre_aggregate_s"] for r in runs)
+            row["pre_read_aggregate_cpu_s"] = med(r["pre_read_cpu_s"] + r["pre_aggregate_cpu_s"] for r in runs)
+            row["pre_read_aggregate_min_cpu_s"] = min(r["pre_read_cpu_s"] + r["pre_aggregate_cpu_s"] for r in runs)
             row["results"] = runs[0]["results"]
             row["runs"] = len(runs)
             row["command"] = result["command"].get(text)
@@ -394,8 +418,16 @@ def print_aggregation(report: dict[str, Any], result: dict[str, Any], args: argp
               f"{row['read_aggregate_s']:>6.3f}/{row['read_aggregate_cpu_s']:<6.3f}"
               f"{row['read_aggregate_min_s']:>6.2f}-{row['read_aggregate_max_s']:<6.2f}{row['results']:>9}"
               + (f"{command['response_s']:>9.2f}{command['output_s']:>11.2f}" if command else ""))
+    print(f"\n{'prefiltered (the command)':<32}{'items read':>11}{'read':>13}{'aggregate':>13}{'read+agg':>13}"
+          f"{'fastest CPU':>12}")
+    for text, row in report.items():
+        print(f"{text:<32}{row['pre_items']:>11,.0f}{row['pre_read_s']:>6.3f}/{row['pre_read_cpu_s']:<6.3f}"
+              f"{row['pre_aggregate_s']:>6.3f}/{row['pre_aggregate_cpu_s']:<6.3f}"
+              f"{row['pre_read_aggregate_s']:>6.3f}/{row['pre_read_aggregate_cpu_s']:<6.3f}"
+              f"{row['pre_read_aggregate_min_cpu_s']:>12.3f}")
     print("find: answering_checkpoint for both sites (--max-age); read: every item back (store.items); "
-          "aggregate: aggregate(...); min-max: the fastest and slowest rounds' read+agg (wall); command / to output: "
+          "aggregate: aggregate(...); prefiltered: ItemSource.items with the query's prefilter (matching_items), as "
+          "the command reads; min-max: the fastest and slowest rounds' read+agg (wall); command / to output: "
           f"`scrapy query --max-age 1h` on this store (median of {args.command_rounds}), its response_seconds "
           "and the wall time to its printed results")
 

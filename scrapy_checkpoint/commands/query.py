@@ -134,7 +134,7 @@ class Command(StoreCommand):
 
     def _answer(self, store: CheckpointStore, text: str, opts: argparse.Namespace, started: float) -> None:
         try:  # not at the top: `scrapy` loads every command, and the rest need no query extra
-            from ..queries import FieldMap, aggregate
+            from ..queries import FieldMap, aggregate, prefilter
             from ..queries.session import SiteAnswer, job_type_of
         except ImportError as exc:
             raise Failure(str(exc)) from None
@@ -169,7 +169,9 @@ class Command(StoreCommand):
         self._crawl({name: spiders[name] for name in to_crawl}, intent, job, answers)
 
         with self._store_errors():
-            sources = [(answers[name].site, self._items(answers[name])) for name in sorted(answers)]
+            # Only the items whose stored text can match are read: for a selective query, few.
+            contains = prefilter(intent, FieldMap(settings.query_fields))
+            sources = [(answers[name].site, self._items(answers[name], contains)) for name in sorted(answers)]
             results = aggregate(intent, sources, fields=FieldMap(settings.query_fields), limit=opts.limit)
         failed = [a for a in answers.values() if a.outcome.startswith("failed")]
         session.checkpoint_ids = sorted({a.checkpoint_id for a in answers.values() if a.checkpoint_id})
@@ -312,10 +314,10 @@ class Command(StoreCommand):
         else:
             answer.outcome = "finished"
 
-    def _items(self, answer: SiteAnswer) -> Any:
+    def _items(self, answer: SiteAnswer, contains: list[tuple[str, ...]]) -> Any:
         if answer.checkpoint_id is None:
             return []
-        items = list(self._source.items(answer.checkpoint_id))
+        items = list(self._source.items(answer.checkpoint_id, contains))
         answer.items = len(items)
         return items
 

@@ -8,10 +8,11 @@ from .results import (
     aggregate,
     match,
     parse_price,
+    prefilter,
     vocabulary_from_items,
 )
 
 __all__ = [
     "FieldMap", "QueryError", "QueryResult", "Vocabulary", "aggregate", "mask_query", "match",
-    "parse_price", "parse_query", "tokenize", "user_key", "vocabulary_from_items",
+    "parse_price", "parse_query", "prefilter", "tokenize", "user_key", "vocabulary_from_items",
 ]

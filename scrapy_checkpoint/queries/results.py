@@ -33,7 +33,7 @@ from .intent import (
     tokenize,
 )
 
-__all__ = ["FieldMap", "QueryResult", "aggregate", "match", "parse_price", "vocabulary_from_items"]
+__all__ = ["FieldMap", "QueryResult", "aggregate", "match", "parse_price", "prefilter", "vocabulary_from_items"]
 
 
 class QueryResult(BaseModel):
@@ -655,6 +655,52 @@ def match(item: Mapping[str, Any], intent: ParsedIntent, fields: FieldMap | None
     it does not match. *rates* converts other currencies to the query's (currency -> rate)."""
     matcher = _Matcher(intent, fields or FieldMap(), rates)
     return None if matcher.hit(item, "") is None else dict(matcher.matched)
+
+
+#: Characters that are not ASCII but whose lowercase has an ASCII letter ("\u212a" Kelvin is
+#: "k", "\u0130" is "i" and a dot): the matcher can read a word in them that json.dumps (ASCII
+#: only) writes as an escape, so a group with that letter also lets the escape through.
+_ASCII_LOWERS = {"i": "\\u0130", "k": "\\u212a"}
+#: A float of 17 digits or more is written by json.dumps as "1e+16" but read by the matcher
+#: as "10000000000000000" (_strings): such a number is not in the JSON text.
+_LONG_NUMBER = re.compile(r"\d{16}")
+
+
+def _group_of(needles: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """*needles* as a prefilter group, None when one of them may be missing from the JSON
+    text of an item that has it: a character json.dumps escapes, or a long number."""
+    if not needles:
+        return None
+    for needle in needles:
+        if not (needle.isascii() and needle.isalnum() and needle == needle.lower()) or _LONG_NUMBER.search(needle):
+            return None
+    escapes = {escape for letter, escape in _ASCII_LOWERS.items() if any(letter in n for n in needles)}
+    return (*needles, *sorted(escapes))
+
+
+def prefilter(intent: ParsedIntent, fields: FieldMap | None = None) -> list[tuple[str, ...]]:
+    """What an item's JSON text (``json.dumps(item, default=str).lower()``, ASCII only) must hold
+    for the item to be able to match *intent*: groups of lowercase substrings, one of each
+    group in the text. A store filters with it before parsing items (``matching_items``); an
+    item it lets through may still not match, one it drops never does. A requirement it
+    cannot prove so (a word with characters json.dumps escapes, a long number) gives no
+    group; price bounds and orders give none. [] when nothing is safe to ask."""
+    matcher = _Matcher(intent, fields or FieldMap(), None)
+    groups: list[tuple[str, ...]] = []
+    for requirement in matcher.requirements:
+        if isinstance(requirement, _KeywordRequirement):
+            # check() requires the needle in a string field's lowercase text
+            group = _group_of(requirement.needles)
+        elif any(_LONG_NUMBER.search(token) for form in requirement.forms for token in form):
+            group = None  # a float field of that number is written in exponent form
+        else:
+            # a field says it only with a form among its words, the title only with one too
+            # (for the product type: one of its forms, which _field_products and
+            # _title_products look up): the form's longest run is in the text then
+            group = _group_of(requirement.needles)
+        if group is not None and group not in groups:
+            groups.append(group)
+    return groups
 
 
 # -- a vocabulary from items -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from ..extension import checkpoint_identity
 from ..models import QUERY_JOB_PREFIX, CheckpointStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from datetime import datetime
 
     from scrapy import Spider
@@ -52,9 +52,11 @@ class ItemSource:
     def __init__(self, store: CheckpointStore) -> None:
         self.store = store
 
-    def items(self, checkpoint_id: str) -> Iterator[dict[str, Any]]:
-        """The fields of every item of the checkpoint. Blocking."""
-        for _, fields in self.store.items(checkpoint_id):
+    def items(self, checkpoint_id: str, contains: Sequence[Sequence[str]] = ()) -> Iterator[dict[str, Any]]:
+        """The fields of every item of the checkpoint; with *contains* (results.prefilter),
+        only those that may match (the store's ``matching_items``). Blocking."""
+        stored = self.store.matching_items(checkpoint_id, contains) if contains else self.store.items(checkpoint_id)
+        for _, fields in stored:
             yield fields
 
     def close(self) -> None:
@@ -73,7 +75,8 @@ class MongoDBPipelineItems(ItemSource):
         self._client = connect(settings.uri, settings.timeout)
         self._collection = self._client[settings.database][settings.collection]
 
-    def items(self, checkpoint_id: str) -> Iterator[dict[str, Any]]:
+    def items(self, checkpoint_id: str, contains: Sequence[Sequence[str]] = ()) -> Iterator[dict[str, Any]]:
+        # *contains* is not used: the documents are filtered once read, like every item
         with self._collection.find({"checkpoint_id": checkpoint_id}, {"item": 1}) as cursor:
             for document in cursor:
                 yield document.get("item") or {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
@@ -110,6 +110,13 @@ class CheckpointStore(ABC):
     @abstractmethod
     def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Stored items (CHECKPOINT_STORE_ITEMS) as (item type, fields)."""
+
+    def matching_items(
+        self, checkpoint_id: str, contains: Sequence[Sequence[str]]
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Items that may match: each group of *contains* has a substring in the item's stored
+        text; a store that cannot filter returns every item. As :meth:`items`."""
+        return self.items(checkpoint_id)
 
     @abstractmethod
     def list_checkpoints(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -491,6 +492,31 @@ class SQLiteCheckpointStore(CheckpointStore):
                     "SELECT id, item_type, item FROM items WHERE checkpoint = ? AND id > ? ORDER BY id LIMIT ?",
                     (self._key(checkpoint_id), last, ITEMS_PAGE),
                 ).fetchall()
+            for _, item_type, item in rows:
+                yield item_type, json.loads(item)
+            if len(rows) < ITEMS_PAGE:
+                return
+            last = rows[-1][0]
+
+    def matching_items(
+        self, checkpoint_id: str, contains: Sequence[Sequence[str]]
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        # LIKE folds the case of ASCII letters only: a group with another character, or an
+        # uppercase letter, is not tested here (its items are kept, never one too few).
+        where, params = [], []
+        for group in contains:
+            if group and all(s and s.isascii() and s == s.lower() for s in group):
+                where.append("(" + " OR ".join(["item LIKE ? ESCAPE '\\'"] * len(group)) + ")")
+                params += ["%" + re.sub(r"([\\%_])", r"\\\1", s) + "%" for s in group]
+        if not where:
+            yield from self.items(checkpoint_id)
+            return
+        query = (f"SELECT id, item_type, item FROM items WHERE checkpoint = ? AND id > ? AND {' AND '.join(where)}"
+                 " ORDER BY id LIMIT ?")
+        last = -1
+        while True:
+            with self._lock:
+                rows = self.db.execute(query, (self._key(checkpoint_id), last, *params, ITEMS_PAGE)).fetchall()
             for _, item_type, item in rows:
                 yield item_type, json.loads(item)
             if len(rows) < ITEMS_PAGE:
