@@ -18,12 +18,22 @@ Per store and prefill level it also times the recovery lookup: ``find_resumable`
 ``get`` (median of ``--lookups``), and, once, the full read of the processed fingerprints
 and the first page of pending requests that a resume does next.
 
+With ``--delete``, after its cells, each Redis checkpoint is measured for storage (``MEMORY
+USAGE ... SAMPLES 0`` of each key: bytes per processed and per pending URL) and then
+deleted by ``store.delete`` while Redis logs every command (SLOWLOG with
+``slowlog-log-slower-than 0``, and the latency monitor at 1 ms): the slowest single command
+of the delete, in Redis's own execution time, is what a crawl on the same server could wait
+behind. Before that, a copy of its keys is left to expire, which Redis frees in its main
+thread unless ``lazyfree-lazy-expire`` is set (``--lazyfree-expire`` sets it): the latency
+monitor's longest expire event.
+
 A prefill that would take longer than ``--prefill-budget`` at the rate measured so far is
 abandoned, and its cells are printed as ``n/a (reason)``; a cell stops repeating once a
 store has spent ``--cell-budget`` seconds in it. Last line: ``BENCH_JSON {...}``.
 
     python bench/flush_latency.py --sizes 100,500,5000 --prefill 0,1000000,5000000 --repeats 200
     python bench/flush_latency.py --prefill 0,20000 --repeats 30 --stores sqlite,redis
+    python bench/flush_latency.py --stores redis --prefill 2000000 --lag 1000000 --sizes 500 --repeats 20 --delete
 """
 
 from __future__ import annotations
@@ -446,6 +456,92 @@ def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: f
     return out
 
 
+#: The checkpoint's keys that grow with its URLs.
+_URL_KEYS = ("requests", "pending", "start", "processed", "items")
+#: What the measurement itself sends while SLOWLOG logs every command.
+_OWN_COMMANDS = (b"SLOWLOG", b"CONFIG", b"LATENCY", b"INFO", b"PING")
+
+
+def redis_delete(contender: Contender, expire: bool, lazy_expire: bool) -> dict[str, Any]:
+    """Storage per URL of the contender's Redis checkpoint, the longest free of an expiring
+    copy of it (*expire*; with *lazy_expire*, lazyfree-lazy-expire set first), then its
+    delete: the slowest command in Redis's own time."""
+    import redis
+
+    store, cid = contender.store, contender.checkpoint_id
+    assert store is not None and cid is not None
+    # A connection of its own: MEMORY USAGE and COPY of a key of millions take longer than
+    # the store's timeout (they run before the measurement).
+    client = redis.Redis.from_url(store.url, socket_timeout=PREFILL_TIMEOUT)  # type: ignore[attr-defined]
+    key = store._key  # type: ignore[attr-defined]
+    data = store.get(cid).pipeline_data  # type: ignore[union-attr]
+    processed, pending = data.urls_processed, data.urls_discovered - data.urls_processed
+    # SAMPLES 0: every element counted, exact (and O(n) in Redis: before the measurement).
+    sizes = {kind: client.memory_usage(key(cid, kind), samples=0) or 0 for kind in ("record", *_URL_KEYS)}
+    result: dict[str, Any] = {
+        "processed": processed, "pending": pending, "key_bytes": sizes,
+        "bytes_per_processed": round(sizes["processed"] / processed, 1) if processed else None,
+        "bytes_per_pending": round((sizes["requests"] + sizes["pending"] + sizes["start"]) / pending, 1)
+        if pending else None,
+        "lazyfree_lazy_expire": client.config_get("lazyfree-lazy-expire").get("lazyfree-lazy-expire"),
+    }
+    saved = (client.config_get("slowlog-*") | client.config_get("latency-monitor-threshold")
+             | client.config_get("lazyfree-lazy-expire"))
+    try:
+        client.config_set("latency-monitor-threshold", 1)
+        if lazy_expire:
+            client.config_set("lazyfree-lazy-expire", "yes")
+            result["lazyfree_lazy_expire"] = "yes"
+        if expire:
+            copies = [f"{key(cid, kind)}:expire-probe" for kind in _URL_KEYS if sizes[kind]]
+            for kind in _URL_KEYS:
+                if sizes[kind]:
+                    client.copy(key(cid, kind), f"{key(cid, kind)}:expire-probe", replace=True)
+            expired = client.info("stats")["expired_keys"]
+            client.execute_command("LATENCY", "RESET")
+            for copy in copies:
+                client.pexpire(copy, 1)
+            deadline = time.monotonic() + 120
+            # Never read the copies: a read would expire them in that command instead.
+            while client.info("stats")["expired_keys"] < expired + len(copies) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            events = {e[0].decode(): e[3] for e in client.execute_command("LATENCY", "LATEST")}
+            result["expire_max_ms"] = max((ms for name, ms in events.items() if name.startswith("expire")), default=0)
+            # Copies freed lazily are gone first: the delete does not share the server with that.
+            while client.info("memory").get("lazyfree_pending_objects", 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        client.config_set("slowlog-log-slower-than", 0)
+        client.config_set("slowlog-max-len", 1024)
+        client.slowlog_reset()
+        client.execute_command("LATENCY", "RESET")
+        memory = client.info("memory")
+        lazy_before = memory.get("lazyfreed_objects", 0) + memory.get("lazyfree_pending_objects", 0)
+        started = time.perf_counter()
+        if not store.delete(cid):
+            raise RuntimeError(f"redis: delete found no checkpoint {cid}")
+        result["delete_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        entries = [e for e in client.slowlog_get(1024) if not e["command"].upper().startswith(_OWN_COMMANDS)]
+        events = {e[0].decode(): e[3] for e in client.execute_command("LATENCY", "LATEST")}
+        slowest = max(entries, key=lambda e: e["duration"])
+        result.update(delete_commands=len(entries), delete_max_command_ms=slowest["duration"] / 1000,
+                      delete_max_command=slowest["command"].split()[0].decode(errors="replace"),
+                      delete_latency_events=events,
+                      delete_slowlog=[(e["command"].split()[0].decode(errors="replace"), e["duration"])
+                                      for e in reversed(entries)])
+        started = time.perf_counter()
+        while client.info("memory").get("lazyfree_pending_objects", 0) and time.perf_counter() - started < 120:
+            time.sleep(0.01)
+        memory = client.info("memory")
+        result["lazyfreed_objects"] = (memory.get("lazyfreed_objects", 0)
+                                       + memory.get("lazyfree_pending_objects", 0) - lazy_before)
+        result["background_free_s"] = round(time.perf_counter() - started, 2)
+    finally:
+        for name, value in saved.items():
+            client.config_set(name, value)
+        client.close()
+    return result
+
+
 def _script_usec(client: Any) -> int:
     """Microseconds Redis has spent running EVALSHA since it started."""
     return client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0)
@@ -453,6 +549,26 @@ def _script_usec(client: Any) -> int:
 
 def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.2f}"
+
+
+def print_deletes(deletes: list[dict[str, Any]], request_bytes: int) -> None:
+    print(f"\nRedis storage (MEMORY USAGE ... SAMPLES 0; pending = requests + pending + start keys, "
+          f"request body {request_bytes} bytes) and delete of the prefilled checkpoint")
+    print("max cmd: the slowest command of the delete (SLOWLOG, Redis's own time); expire max: the longest "
+          "expire event (latency monitor) freeing an expiring copy of the checkpoint's keys")
+    print(f"{'store':<9}{'prefill':>10}{'processed':>11}{'B/proc':>8}{'pending':>10}{'B/pend':>8}"
+          f"{'delete ms':>11}{'max cmd ms':>12}{'  max cmd':<16}{'freed bg':>9}{'bg free s':>10}"
+          f"{'expire max ms':>15}{'lazy-expire':>13}")
+    for row in deletes:
+        head = f"{row['store']:<9}{row['prefill']:>10,}"
+        if "error" in row:
+            print(f"{head}  n/a ({row['error']})")
+            continue
+        print(f"{head}{row['processed']:>11,}{fmt_ms(row['bytes_per_processed']):>8}{row['pending']:>10,}"
+              f"{fmt_ms(row['bytes_per_pending']):>8}{fmt_ms(row['delete_ms']):>11}"
+              f"{row['delete_max_command_ms']:>12.3f}  {row['delete_max_command']:<14}"
+              f"{row['lazyfreed_objects']:>9}{row['background_free_s']:>10.2f}"
+              f"{row.get('expire_max_ms', '-'):>15}{row['lazyfree_lazy_expire']:>13}")
 
 
 def print_tables(cells: list[dict[str, Any]], recoveries: list[dict[str, Any]], prefills: list[dict[str, Any]],
@@ -529,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a store may take to prefill one level; slower is skipped")
     parser.add_argument("--cell-budget", type=float, default=600.0,
                         help="seconds a store may spend in one (size, prefill) cell")
+    parser.add_argument("--delete", action="store_true",
+                        help="Redis: after each level's cells, storage per URL and the delete of its checkpoint")
+    parser.add_argument("--no-expire", action="store_true",
+                        help="with --delete, skip the expiry of a copy of the checkpoint's keys")
+    parser.add_argument("--lazyfree-expire", action="store_true",
+                        help="with --delete, CONFIG SET lazyfree-lazy-expire yes before that expiry")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="where the stores live (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -543,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     cells: list[dict[str, Any]] = []
     recoveries: list[dict[str, Any]] = []
     prefills: list[dict[str, Any]] = []
+    deletes: list[dict[str, Any]] = []
     run = uuid.uuid4().hex[:8]
     try:
         with contextlib.ExitStack() as stack:
@@ -593,16 +716,27 @@ def main(argv: list[str] | None = None) -> int:
                             cell.update(rows[contender.kind])
                         cells.append(cell)
                 for contender in contenders:
+                    if args.delete and contender.kind == "redis" and contender.skipped is None:
+                        print(f"delete redis at {level:,}", file=sys.stderr)
+                        row = {"store": contender.kind, "prefill": level}
+                        try:
+                            row.update(redis_delete(contender, not args.no_expire, args.lazyfree_expire))
+                        except Exception as exc:  # reported, not fatal
+                            row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                        deletes.append(row)
+                for contender in contenders:
                     if contender.store is not None:
                         contender.store.close()
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print_tables(cells, recoveries, prefills, len(template))
+    if args.delete:
+        print_deletes(deletes, len(template))
     print("BENCH_JSON " + json.dumps({
         "bench": "flush_latency", "sizes": args.sizes, "prefill": args.prefill, "repeats": args.repeats,
         "stores": kinds, "lag": args.lag, "timeout": args.timeout, "request_bytes": len(template),
-        "cells": cells, "recovery": recoveries, "prefills": prefills,
+        "cells": cells, "recovery": recoveries, "prefills": prefills, "deletes": deletes,
     }))
     return 0
 

@@ -190,7 +190,11 @@ return 1
 
 # KEYS: the checkpoint's keys in _KINDS order, then the two indexes. ARGV[1]: its id.
 # Returns how many of its keys there were. A record of the wrong type goes too: deleting is
-# how a corrupt checkpoint is got rid of.
+# how a corrupt checkpoint is got rid of. UNLINK, never DEL: Redis hands a large key to its
+# background thread to free (whatever lazyfree-lazy-user-del says), so the script holds the
+# server for a fraction of a millisecond even at 10M URLs; a DEL would free them in the
+# script (some 150 ms for 200,000 processed URLs), stalling every crawl on the server.
+# tests/test_redis_scale.py checks this with SLOWLOG; BENCHMARKS.md has the figures.
 _DELETE = """
 for i = 8, 9 do
   local found = redis.call('TYPE', KEYS[i]).ok
