@@ -46,11 +46,13 @@ class RedisServer(ServerProcess):
                 "--dir", str(self.directory)]
 
     def answers(self) -> bool:
+        """Whether our redis-server answers: not another one (of another pytest-xdist worker,
+        say) that took the port meanwhile."""
         client = redis.Redis(port=self.port, password=self.password or None, socket_timeout=1,
                              socket_connect_timeout=1)
         try:
-            return bool(client.ping())
-        except redis.ConnectionError:
+            return client.info("server")["process_id"] == self.pid
+        except redis.RedisError:
             return False
         finally:
             client.close()

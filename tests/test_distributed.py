@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -459,20 +460,28 @@ class Workers:
         worker, checkpoint_id = re.search(r"Worker (\S+) (?:joined|took over) checkpoint (\S+) ", self.log(n)).groups()
         return checkpoint_id, worker
 
-    def checkpoint(self):
-        """The checkpoint every worker wrote to, and its workers; in the hybrid store, what
-        MongoDB holds (Redis's copy may have been left behind at a kill between the two
-        writes of a batch, and is stale from then on)."""
+    @contextmanager
+    def store(self):
+        """The workers' checkpoint store, open."""
         from scrapy.settings import Settings
 
         from scrapy_checkpoint.settings import CheckpointSettings
         from scrapy_checkpoint.stores import store_class
 
-        (checkpoint_id,) = {self.checkpoint_of(n)[0] for n in range(len(self.processes))}
         settings = CheckpointSettings.from_settings(Settings({"CHECKPOINT_ENABLED": True, **self.store_settings}))
         store = store_class(settings).from_checkpoint_settings(settings)
         store.open()
         try:
+            yield store
+        finally:
+            store.close()
+
+    def checkpoint(self):
+        """The checkpoint every worker wrote to, and its workers; in the hybrid store, what
+        MongoDB holds (Redis's copy may have been left behind at a kill between the two
+        writes of a batch, and is stale from then on)."""
+        (checkpoint_id,) = {self.checkpoint_of(n)[0] for n in range(len(self.processes))}
+        with self.store() as store:
             if store.name == "hybrid":
                 copies = [s.get(checkpoint_id) for s in (store, store.mongodb.store)]
                 read, mongodb_copy = (
@@ -482,8 +491,6 @@ class Workers:
                 redis_copy = store.redis.store.get(checkpoint_id)  # None: Redis restarted empty
                 assert redis_copy is None or redis_copy.seq <= mongodb_copy[0]
             return store.get(checkpoint_id), store.workers(checkpoint_id)
-        finally:
-            store.close()
 
     def saved_feed(self, n):
         """What a killed worker's feed holds up to the length its checkpoint saved: a tail

@@ -141,6 +141,10 @@ def test_redis_restarted_empty_mid_crawl_loses_nothing_with_the_hybrid_store(tmp
     assert (summary["lost"], summary["malformed_lines"]) == (0, 0), summary
     text = "".join(group.log(n) for n in range(3))
     assert "pending requests that scrapy-redis's queue lost (Redis restarted empty?): queued again" in text
+    # The checkpoint is complete with nothing pending. (Its counters may count a URL twice:
+    # after the restart several workers find the same pages again, and MongoDB may apply two
+    # of their batches at once; the URL sets themselves are exact.)
     checkpoint, _ = group.checkpoint()
-    data = checkpoint.pipeline_data
-    assert checkpoint.status.value == "completed" and data.urls_discovered == data.urls_processed, data
+    assert checkpoint.status.value == "completed", checkpoint
+    with group.store() as store:
+        assert store.pending_requests(checkpoint.checkpoint_id, None, 100)[0] == []

@@ -66,6 +66,15 @@ def checkpoint_id_of(crawl_log) -> str:
     return re.search(r"Checkpoint (\S+) started in", crawl_log.read_text()).group(1)
 
 
+def started_checkpoint(crawl_log) -> str | None:
+    """The id of the checkpoint a running crawl has started, once its log says so."""
+    try:
+        match = re.search(r"Checkpoint (\S+) started in", crawl_log.read_text(errors="replace"))
+    except FileNotFoundError:
+        return None
+    return match and match.group(1)
+
+
 def open_store(tmp_path) -> SQLiteCheckpointStore:
     store = SQLiteCheckpointStore(tmp_path / "checkpoints" / "checkpoints.sqlite3")
     store.open()
@@ -158,9 +167,14 @@ def test_completed_crawl_records_progress(tmp_path, shop):
         assert len({i["sku"] for _, i in items}) == products
     finally:
         store.close()
-    # A new run does not resume a completed checkpoint: it starts a new one.
-    code, _, crawl_log = crawl(url, tmp_path, resume=True)
-    assert "No resumable checkpoint" in crawl_log.read_text()
+    # A new run does not resume a completed checkpoint: it starts a new one. That is decided
+    # at start, so the run is stopped once its log says which checkpoint it started.
+    resume_log = tmp_path / "crawl-resume.log"
+    _, _, crawl_log = crawl(url, tmp_path, resume=True, log_path=resume_log,
+                            kill_when=lambda: started_checkpoint(resume_log) is not None)
+    text = crawl_log.read_text()
+    assert "No resumable checkpoint" in text, text[-3000:]
+    assert started_checkpoint(resume_log) not in (None, checkpoint.checkpoint_id), text[-3000:]
 
 
 def test_new_run_says_how_to_resume(tmp_path, shop):
