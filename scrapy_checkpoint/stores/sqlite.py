@@ -483,20 +483,7 @@ class SQLiteCheckpointStore(CheckpointStore):
         return [r for _, r in rows if r is not None], (rows[-1][0] if rows else after)
 
     def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        # By pages of ids: neither every row held at once nor the connection held between
-        # them (a crawl's flush thread shares it), and the first item costs one page.
-        last = -1
-        while True:
-            with self._lock:
-                rows = self.db.execute(
-                    "SELECT id, item_type, item FROM items WHERE checkpoint = ? AND id > ? ORDER BY id LIMIT ?",
-                    (self._key(checkpoint_id), last, ITEMS_PAGE),
-                ).fetchall()
-            for _, item_type, item in rows:
-                yield item_type, json.loads(item)
-            if len(rows) < ITEMS_PAGE:
-                return
-            last = rows[-1][0]
+        return self._items(checkpoint_id, [], [])
 
     def matching_items(
         self, checkpoint_id: str, contains: Sequence[Sequence[str]]
@@ -508,11 +495,14 @@ class SQLiteCheckpointStore(CheckpointStore):
             if group and all(s and s.isascii() and s == s.lower() for s in group):
                 where.append("(" + " OR ".join(["item LIKE ? ESCAPE '\\'"] * len(group)) + ")")
                 params += ["%" + re.sub(r"([\\%_])", r"\\\1", s) + "%" for s in group]
-        if not where:
-            yield from self.items(checkpoint_id)
-            return
-        query = (f"SELECT id, item_type, item FROM items WHERE checkpoint = ? AND id > ? AND {' AND '.join(where)}"
-                 " ORDER BY id LIMIT ?")
+        return self._items(checkpoint_id, where, params)
+
+    def _items(self, checkpoint_id: str, where: list[str], params: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The checkpoint's items that meet every condition of *where*, by pages of ids:
+        neither every row held at once nor the connection held between them (a crawl's
+        flush thread shares it), and the first item costs one page."""
+        query = ("SELECT id, item_type, item FROM items WHERE checkpoint = ? AND id > ?"
+                 + "".join(f" AND {condition}" for condition in where) + " ORDER BY id LIMIT ?")
         last = -1
         while True:
             with self._lock:
