@@ -243,7 +243,7 @@ def query_table(found: Iterable[tuple[UserQuery, list[QuerySession]]]) -> str:
 
 
 class Command(StoreCommand):
-    """``scrapy checkpoint list|show|delete|prune|export|stats``, on the store the settings select."""
+    """``scrapy checkpoint list|show|delete|prune|export|stats|queries``, on the store the settings select."""
 
     requires_project = False
     requires_crawler_process = False
