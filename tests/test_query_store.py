@@ -50,12 +50,7 @@ class QueryStoreContract:
     #: Seconds after which a document saved with a TTL of 0.05 s is surely expired.
     EXPIRED_AFTER = 0.2
 
-    @pytest.fixture
-    def store(self, make_store):
-        store = make_store()
-        store.open()
-        yield store
-        store.close()
+    store = stores.StoreContract.store  # an open store from make_store, closed after the test
 
     def test_empty(self, store):
         assert store.get_user_query("q1") is None
