@@ -25,3 +25,19 @@ class CorruptCheckpointError(CheckpointError):
 
 class StoreUnavailable(CheckpointError):
     """A store could not be reached (connection refused, timeout)."""
+
+
+class StoreLayoutError(CheckpointError):
+    """A store holds data of a layout this version cannot read (another version of the package
+    wrote it); it is refused at open, left as it is."""
+
+    def __init__(self, where: str, found: object, layout: int, advice: str) -> None:
+        self.where = where
+        self.found = found
+        self.layout = layout
+        shown = found if isinstance(found, int) else repr(found)
+        super().__init__(
+            f"{where} holds checkpoints of another scrapy-checkpoint version (layout {shown}; this "
+            f"one reads layout {layout}), left as they are. {advice}, or use the scrapy-checkpoint "
+            "version that wrote them."
+        )

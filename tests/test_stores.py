@@ -503,7 +503,9 @@ class TestRedisStore(StoreContract, SharedWriters):
             yield client
 
     def ttls(self, client):
-        return {key.decode(): client.pttl(key) for key in client.scan_iter()}
+        """Each key's PTTL, but the layout marker's (kept for ever: tests/test_layout.py)."""
+        layout = f"{self.PREFIX}:layout".encode()
+        return {key.decode(): client.pttl(key) for key in client.scan_iter() if key != layout}
 
     def test_keys_under_prefix_and_expiring(self, store, client):
         cp = new_checkpoint()
@@ -580,7 +582,8 @@ class TestRedisStore(StoreContract, SharedWriters):
         store.apply(cp.checkpoint_id, batch(2, processed=[fp(1)]), TTL)  # the start set goes
         assert store.stored_bytes(cp.checkpoint_id) > 0
         assert store.delete(cp.checkpoint_id)
-        assert self.contents(client) == {}  # both indexes emptied, so gone too
+        # Both indexes emptied, so gone too; the prefix's layout stays.
+        assert self.contents(client) == {f"{self.PREFIX}:layout".encode(): b"1"}
         assert store.stored_bytes(cp.checkpoint_id) is None
 
     def test_delete_gets_rid_of_a_corrupt_record(self, store, client):
@@ -890,9 +893,9 @@ class TestMongoDBStore(StoreContract, SharedWriters):
         assert _schema_errors(added, {**SCHEMAS["checkpoints"], "required": []}) == []
         documents = [("checkpoints", checkpoint_doc), ("checkpoint_journal", journal),
                      ("checkpoint_journal", shared_journal)]
-        for name in ("checkpoint_urls", "checkpoint_items", "user_queries", "query_sessions"):
+        for name in ("checkpoint_urls", "checkpoint_items", "user_queries", "query_sessions", "checkpoint_layout"):
             documents += [(name, doc) for doc in store.db[name].find()]
-        assert len(documents) == 9
+        assert len(documents) == 10
         for name, doc in documents:
             assert _schema_errors(doc, SCHEMAS[name]) == [], name
 

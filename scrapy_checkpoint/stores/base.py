@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
+from ..exceptions import StoreLayoutError
 from ..models import CheckpointStatus, QuerySession, QuerySessionStatus, UserQuery, expiry, utcnow
 
 if TYPE_CHECKING:
     from ..models import Batch, Checkpoint
     from ..settings import CheckpointSettings
 
+logger = logging.getLogger(__name__)
+
 _Q = TypeVar("_Q", UserQuery, QuerySession)
+
+#: The layout of what a store holds without a layout marker: Redis and MongoDB stores
+#: written before they recorded one hold layout 1.
+UNMARKED_LAYOUT = 1
 
 #: A status filter: one status, or any of several; None for every status.
 StatusFilter = CheckpointStatus | str | Iterable[CheckpointStatus | str] | None
@@ -62,6 +71,15 @@ class CheckpointStore(ABC):
     #: Whether scrapy-redis workers can share one checkpoint in it (see RedisCheckpointStore's
     #: claim, beat, next_run and workers); in a store that cannot, each worker has its own.
     shared: bool = False
+    #: The layout of the data this version of the store reads and writes, recorded in the store
+    #: itself when it is opened. A change of what the store holds that the version before cannot
+    #: read raises it, and adds the step from the layout before to ``migrations``.
+    layout: ClassVar[int] = 1
+    #: How to bring data of layout N to N + 1, by N: ``step(store, handle)``, the handle being
+    #: what ``_settle_layout`` was given (a connection, a client, a database). A store of an
+    #: older layout that these steps bring to ``layout`` is migrated at open(); one of any other
+    #: layout is refused. None yet.
+    migrations: ClassVar[Mapping[int, Callable[[Any, Any], None]]] = MappingProxyType({})
 
     @classmethod
     @abstractmethod
@@ -73,6 +91,39 @@ class CheckpointStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Everything applied before stays readable on reopen."""
+
+    def check_layout(self) -> None:  # noqa: B027 - optional hook
+        """Raise the StoreLayoutError open() would raise, writing nothing (the hybrid store
+        checks both of its stores before either writes)."""
+
+    def _layout_steps(self, marker: Any, holds_data: bool) -> range:
+        """The migration steps that bring the store to ``layout`` (none for the current one),
+        from its *marker* (None when it has none) and whether it *holds data*; reads and writes
+        nothing. Raises StoreLayoutError for a layout no steps lead from."""
+        found = marker if marker is not None else UNMARKED_LAYOUT if holds_data else self.layout
+        if type(found) is int and found <= self.layout and all(
+            n in self.migrations for n in range(found, self.layout)
+        ):
+            return range(found, self.layout)
+        raise StoreLayoutError(self.describe(), found, self.layout, self._layout_advice())
+
+    def _settle_layout(self, marker: Any, holds_data: bool, handle: Any,
+                       stamp: Callable[[int], None]) -> None:
+        """At open(), before anything else is written: refuse the store (StoreLayoutError,
+        nothing written), or migrate it step by step, recording each layout reached with
+        *stamp*, or record the current layout in a store without a marker."""
+        steps = self._layout_steps(marker, holds_data)
+        for n in steps:
+            logger.info("Migrating %(store)s from layout %(from)d to layout %(to)d",
+                        {"store": self.describe(), "from": n, "to": n + 1})
+            self.migrations[n](self, handle)
+            stamp(n + 1)
+        if not steps and marker != self.layout:
+            stamp(self.layout)
+
+    def _layout_advice(self) -> str:
+        """What to change to use this version with a store of another layout."""
+        return "Point this version at another store"
 
     @abstractmethod
     def create(self, checkpoint: Checkpoint) -> None:

@@ -145,16 +145,25 @@ class HybridCheckpointStore(CheckpointStore):
 
     def open(self) -> None:
         with self._lock:
-            failed = 0
+            # Both layouts before either store writes: one refused leaves the other as it was.
+            reachable = []
             for side in (self.mongodb, self.redis):
                 try:
-                    side.store.open()
+                    side.store.check_layout()
                 except StoreUnavailable as exc:  # anything else (a refused login) ends the crawl
                     self._down(side, exc)
-                    failed += 1
+                else:
+                    reachable.append(side)
+            opened = 0
+            for side in reachable:
+                try:
+                    side.store.open()
+                except StoreUnavailable as exc:
+                    self._down(side, exc)
                 else:
                     side.retry_at = 0.0  # replay its backlog at the next write
-            if failed == 2:
+                    opened += 1
+            if not opened:
                 raise StoreUnavailable(f"Neither store of {self.describe()} is available")
 
     def close(self) -> None:

@@ -50,6 +50,9 @@ ITEMS = "checkpoint_items"
 JOURNAL = "checkpoint_journal"
 USER_QUERIES = "user_queries"
 QUERY_SESSIONS = "query_sessions"
+LAYOUT = "checkpoint_layout"
+#: The _id of the one document of LAYOUT.
+_LAYOUT_ID = "layout"
 
 # Discovery position: the batch seq in the high bits, the index in the batch in the low ones.
 _POS_BITS = 32
@@ -221,6 +224,9 @@ _QUERY_SESSION = _object(
     additionalProperties=False,
 )
 
+# The layout of the database's checkpoints (MongoDBCheckpointStore.layout): one document.
+_LAYOUT = _object({"_id": {"enum": [_LAYOUT_ID]}, "layout": _int(1)}, additionalProperties=False)
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     CHECKPOINTS: _CHECKPOINT,
     URLS: _URL,
@@ -228,6 +234,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     JOURNAL: _JOURNAL,
     USER_QUERIES: _USER_QUERY,
     QUERY_SESSIONS: _QUERY_SESSION,
+    LAYOUT: _LAYOUT,
 }
 
 INDEXES: dict[str, list[IndexModel]] = {
@@ -443,7 +450,8 @@ class MongoDBCheckpointStore(CheckpointStore):
     ``checkpoint_journal``, its header document last: that single-document insert commits it.
     It is then applied with idempotent upserts and a record update conditioned on ``seq``,
     and its journal entry deleted. Opening and every read first replay the committed entries
-    a killed process left, so a batch is all or nothing.
+    a killed process left, so a batch is all or nothing. ``checkpoint_layout`` holds one
+    document, the layout of the database's checkpoints.
     """
 
     name = "mongodb"
@@ -479,20 +487,47 @@ class MongoDBCheckpointStore(CheckpointStore):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _layout_advice(self) -> str:
+        return f"Set CHECKPOINT_MONGO_DATABASE (now {self.database!r}) to another database"
+
+    def _connect(self) -> MongoClient:
+        try:
+            return connect(self.uri, self.timeout)
+        except ConfigurationError as exc:
+            raise ValueError(
+                f"CHECKPOINT_MONGO_URI ({redact_uri(self.uri)}) is not a valid MongoDB URI: {exc}"
+            ) from None
+
+    def _layout_found(self, db: Database) -> tuple[Any, bool]:
+        """The database's layout marker (None when it has none) and whether it holds any of
+        the store's collections (a version before the marker made them)."""
+        db.command("ping")
+        doc = db[LAYOUT].find_one({"_id": _LAYOUT_ID})
+        marker = None if doc is None else doc.get("layout", "none")
+        return marker, bool(set(db.list_collection_names()) & (SCHEMAS.keys() - {LAYOUT}))
+
+    def check_layout(self) -> None:
+        client = self._client or self._connect()
+        try:
+            with self._errors():
+                self._layout_steps(*self._layout_found(client[self.database]))
+        finally:
+            if client is not self._client:
+                client.close()
+
+    def _stamp(self, db: Database, layout: int) -> None:
+        db[LAYOUT].replace_one({"_id": _LAYOUT_ID}, {"_id": _LAYOUT_ID, "layout": layout}, upsert=True)
+
     def open(self) -> None:
         with self._lock:
             if self._client is not None:
                 return
-            try:
-                client = connect(self.uri, self.timeout)
-            except ConfigurationError as exc:
-                raise ValueError(
-                    f"CHECKPOINT_MONGO_URI ({redact_uri(self.uri)}) is not a valid MongoDB URI: {exc}"
-                ) from None
+            client = self._connect()
             try:
                 with self._errors():
                     db = client[self.database]
-                    db.command("ping")
+                    # Before anything is written: a database refused is left as it is.
+                    self._settle_layout(*self._layout_found(db), db, lambda layout: self._stamp(db, layout))
                     self._create_schema(db)
             except BaseException:
                 client.close()

@@ -401,7 +401,8 @@ class RedisCheckpointStore(CheckpointStore):
     (set: pending start requests), ``processed`` (set) and ``items`` (list of JSON). All of
     them expire together, ``ttl`` seconds after the last batch. ``{prefix}:resumable`` indexes
     the active and failed checkpoints so that resuming never scans the keyspace, and
-    ``{prefix}:checkpoints`` all of them (for listing), by when they expire.
+    ``{prefix}:checkpoints`` all of them (for listing), by when they expire. ``{prefix}:layout``
+    (string, kept for ever) is the layout of what is under the prefix.
 
     A batch is one EVALSHA: Redis runs the script alone, so other clients see all of the
     batch or none of it.
@@ -415,6 +416,7 @@ class RedisCheckpointStore(CheckpointStore):
         self.timeout = timeout
         self._index = f"{prefix}:resumable"
         self._all = f"{prefix}:checkpoints"
+        self._layout_key = f"{prefix}:layout"
         self._client: redis.Redis | None = None
 
     @classmethod
@@ -424,9 +426,10 @@ class RedisCheckpointStore(CheckpointStore):
     def describe(self) -> str:
         return redact_uri(self.url)
 
-    def open(self) -> None:
-        if self._client is not None:
-            return
+    def _layout_advice(self) -> str:
+        return f"Set CHECKPOINT_REDIS_PREFIX (now {self.prefix!r}) to another prefix"
+
+    def _connect(self) -> redis.Redis:
         try:
             client = redis.Redis.from_url(
                 self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
@@ -436,8 +439,47 @@ class RedisCheckpointStore(CheckpointStore):
             raise ValueError(
                 f"CHECKPOINT_REDIS_URL ({self.describe()}) must be a redis:// or rediss:// URL."
             ) from None
-        with self._errors():
-            client.ping()
+        try:
+            with self._errors():
+                client.ping()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _layout_found(self, client: redis.Redis) -> tuple[Any, bool]:
+        """The prefix's layout marker (None when it has none) and whether anything is under
+        it: the indexes every checkpoint and query document is in, never a scan."""
+        pipe = client.pipeline(transaction=False)
+        pipe.get(self._layout_key)
+        pipe.exists(self._index, self._all, f"{self.prefix}:queries", f"{self.prefix}:sessions")
+        marker, indexes = pipe.execute(raise_on_error=False)
+        if isinstance(marker, redis.ResponseError):  # not a string
+            marker = f"a {client.type(self._layout_key).decode()} key"
+        elif isinstance(marker, bytes):
+            marker = int(marker) if marker.isdigit() else marker.decode(errors="replace")
+        return marker, bool(indexes)
+
+    def check_layout(self) -> None:
+        client = self._client or self._connect()
+        try:
+            with self._errors():
+                self._layout_steps(*self._layout_found(client))
+        finally:
+            if client is not self._client:
+                client.close()
+
+    def open(self) -> None:
+        if self._client is not None:
+            return
+        client = self._connect()
+        try:
+            with self._errors():
+                self._settle_layout(*self._layout_found(client), client,
+                                    lambda layout: client.set(self._layout_key, layout))
+        except BaseException:
+            client.close()
+            raise
         self._create = client.register_script(_CREATE)
         self._apply = client.register_script(_APPLY)
         self._delete = client.register_script(_DELETE)

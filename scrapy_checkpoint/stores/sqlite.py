@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 _Q = TypeVar("_Q", UserQuery, QuerySession)
 
 FILENAME = "checkpoints.sqlite3"
-#: PRAGMA user_version of the layout below; a file of another version is refused, not mangled.
+#: PRAGMA user_version of the layout below (the store's ``layout``); a file of another
+#: version is refused, not mangled.
 SCHEMA_VERSION = 2
 #: WAL size that wakes the checkpointing thread. Each checkpoint copies every page the WAL
 #: holds, so rarer ones copy a page rewritten by many batches once instead of many times.
@@ -141,6 +142,8 @@ class SQLiteCheckpointStore(CheckpointStore):
     """
 
     name = "sqlite"
+    #: The file's PRAGMA user_version; a file without it (0) that holds tables is refused.
+    layout = SCHEMA_VERSION
 
     def __init__(self, path: str | Path, timeout: float = 5.0) -> None:
         self.path = Path(path)
@@ -158,6 +161,9 @@ class SQLiteCheckpointStore(CheckpointStore):
     def describe(self) -> str:
         return f"sqlite:{self.path}"
 
+    def _layout_advice(self) -> str:
+        return f"Point CHECKPOINT_DIR elsewhere, or move {self.path} away"
+
     def open(self) -> None:
         with self._lock, self._damage_named():
             if self._db is not None:
@@ -168,6 +174,11 @@ class SQLiteCheckpointStore(CheckpointStore):
             try:
                 # Another crawl holding the write lock longer than this is a store outage.
                 db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+                # Before the first write (journal_mode is one): a file refused is left as it is.
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                tables = db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+                self._settle_layout(version if tables else None, bool(tables), db,
+                                    lambda layout: db.execute(f"PRAGMA user_version={int(layout)}"))
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA cache_size=-65536")  # KiB: the unique index stays in memory
@@ -175,15 +186,7 @@ class SQLiteCheckpointStore(CheckpointStore):
                 # a WAL that was checkpointed shrinks back, so its size tells when to run one.
                 db.execute("PRAGMA wal_autocheckpoint=0")
                 db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                tables = db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-                if tables and version != SCHEMA_VERSION:
-                    raise CheckpointError(
-                        f"{self.path} holds checkpoints of another scrapy-checkpoint version "
-                        f"(layout {version}, this one reads {SCHEMA_VERSION}); point CHECKPOINT_DIR "
-                        "elsewhere, or move the file away."
-                    )
-                db.executescript(_SCHEMA + _QUERY_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+                db.executescript(_SCHEMA + _QUERY_SCHEMA)
             except BaseException:
                 db.close()
                 raise
