@@ -47,8 +47,8 @@ class FingerprintSet:
                 if any(map(eq, chunk, islice(chunk, 1, None))):  # a set scan may repeat one
                     chunk = list(dict.fromkeys(chunk))
                 packed += b"".join(chunk)
-        self._packed = bytes(packed)
-        self._count = len(self._packed) // WIDTH
+        self._packed = packed  # not copied into a bytes: at ten million, 200 MB more at the peak
+        self._count = len(packed) // WIDTH
 
     def __len__(self) -> int:
         return self._count + len(self._other)

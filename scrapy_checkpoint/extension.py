@@ -20,6 +20,7 @@ from scrapy.exceptions import CloseSpider, DontCloseSpider, IgnoreRequest, NotCo
 from scrapy.extensions.feedexport import FeedExporter
 from scrapy.utils.asyncio import create_looping_call, run_in_thread, sleep
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from ._fingerprints import FingerprintSet
@@ -101,6 +102,8 @@ class _Work:
     scraped: list[Any] = field(default_factory=list)
     #: An item pipeline raised on one of its items: the request stays pending.
     failed: bool = False
+    #: The crawl closed before its output could be recorded: the request stays pending.
+    abandoned: bool = False
 
 
 class CheckpointExtension:
@@ -178,6 +181,12 @@ class CheckpointExtension:
         # Resume state.
         self._processed_before: FingerprintSet | None = None
         self._pending_start: set[bytes] = set()
+        #: While the processed fingerprints load (in a thread, the crawl going on meanwhile):
+        #: the load itself, what waits for it, and the requests scheduled meanwhile.
+        self._loading: Any = None
+        self._load_waiters: list[Any] = []
+        self._held: list[Request] = []
+        self._load_failed = False
         self._reseed_cursor: Any = None
         self._reseed_chunk: list[bytes] | None = None
         self._reseed_wanted = False
@@ -376,7 +385,9 @@ class CheckpointExtension:
         else:
             found = await run_in_thread(self.store.find_resumable, name, site, job)
         if found is not None and settings.resume:
-            await self._load_fingerprints(found)
+            loading = deferred_from_coro(self._load_fingerprints(found))
+            if not loading.called:
+                self._loading = loading
             return found, True
         if found is not None:
             logger.info(
@@ -506,13 +517,67 @@ class CheckpointExtension:
         return None
 
     async def _load_fingerprints(self, checkpoint: Checkpoint) -> None:
+        """Read what the checkpoint has processed, while the first pending requests, which
+        need no look at it, are downloaded: at ten million URLs the read takes seconds. What
+        would need the look waits for it: start requests (process_start), a page's requests
+        (track_output, so the page is not processed before they are recorded), and any other
+        request scheduled meanwhile (held, and scheduled again once the read is done)."""
         cid = checkpoint.checkpoint_id
 
         def load() -> tuple[FingerprintSet, set[bytes]]:
             processed = FingerprintSet(self.store.processed_fingerprints(cid))
             return processed, set(self.store.pending_start_fingerprints(cid))
 
-        self._processed_before, self._pending_start = await run_in_thread(load)
+        started = time.perf_counter()
+        try:
+            processed, pending_start = await run_in_thread(load)
+        except Exception as exc:
+            self._not_loaded(exc)
+            return
+        logger.info(
+            "Checkpoint %(id)s: %(count)d processed requests read in %(seconds).2f s, the crawl going on meanwhile",
+            {"id": cid, "count": len(processed), "seconds": time.perf_counter() - started},
+        )
+        self._loaded(processed, pending_start)
+
+    def _loaded(self, processed: FingerprintSet, pending_start: set[bytes]) -> None:
+        self._processed_before, self._pending_start, self._loading = processed, pending_start, None
+        self.stats.set_value("checkpoint/restored/processed", len(processed))
+        self._release_waiters(True)
+        held, self._held = self._held, []
+        for request in held:
+            self.crawler.engine.crawl(request)
+
+    def _not_loaded(self, exc: Exception) -> None:
+        self._loading, self._load_failed, self._held = None, True, []
+        logger.error(
+            "Reading the processed requests of the checkpoint from %(store)s failed (%(error)s); "
+            "closing the crawl: a resume reads them again",
+            {"store": self.store.describe(), "error": self._scrub(exc)},
+        )
+        self._release_waiters(False)
+        engine = self.crawler.engine
+        if engine is not None and engine.spider is not None:
+            deferred_from_coro(engine.close_spider_async(reason=CHECKPOINT_ERROR))
+
+    def _release_waiters(self, loaded: bool) -> None:
+        waiters, self._load_waiters = self._load_waiters, []
+        for waiter in waiters:
+            waiter.callback(loaded)
+
+    @property
+    def loading(self) -> bool:
+        """Whether the resumed checkpoint's processed requests are still being read."""
+        return self._loading is not None
+
+    async def processed_loaded(self) -> bool:
+        """Wait until the processed requests are read; False if the read failed (the crawl
+        is closing)."""
+        if self._loading is None:
+            return not self._load_failed
+        waiter: Deferred[bool] = Deferred()
+        self._load_waiters.append(waiter)
+        return await maybe_deferred_to_future(waiter)
 
     def _restore_started(self, checkpoint: Checkpoint) -> None:
         cid = checkpoint.checkpoint_id
@@ -529,7 +594,6 @@ class CheckpointExtension:
             self._load_reseed_chunk(min(FIRST_RESEED_CHUNK, self.settings.reseed_chunk))
         if checkpoint.status is CheckpointStatus.FAILED:
             self._batch.status = CheckpointStatus.ACTIVE
-        self.stats.set_value("checkpoint/restored/processed", len(self._processed_before))
         logger.info(
             "Resuming checkpoint %(id)s: %(pending)d requests pending, %(processed)d processed, "
             "%(items)d items so far",
@@ -597,6 +661,8 @@ class CheckpointExtension:
             self._load_reseed_chunk()
 
     def spider_idle(self) -> None:
+        if self._loading is not None:
+            raise DontCloseSpider  # what was held comes once the processed requests are read
         if self.leases is not None:
             # Released leases need their batch saved first; and while another worker holds
             # a lease, its request may yet come back to the queue.
@@ -672,13 +738,20 @@ class CheckpointExtension:
             # A retry or a redirect of a leased request: once this one is in the queue, the
             # lease of the one it replaces is released.
             self._batch.leases.append(request.meta.pop(LEASE_META))
+        if request.meta.get("checkpoint_redo"):
+            return  # sent by every run: never pending in the store
+        if self._loading is not None and not self._reseeding and not request.dont_filter:
+            # Not knowable yet whether it was processed (a redirect, a request of another
+            # component): scheduled again once it is; nothing recorded depends on it.
+            self._held.append(request)
+            self.stats.inc_value("checkpoint/held_while_loading")
+            raise IgnoreRequest
         fp = self.fingerprint(request)
-        if (self._processed_before is not None and fp in self._processed_before and not request.dont_filter
-                and not request.meta.get("checkpoint_redo")):
+        if self._processed_before is not None and fp in self._processed_before and not request.dont_filter:
             self.stats.inc_value("checkpoint/skipped/processed")
             raise IgnoreRequest
-        if self._reseeding or request.meta.get("checkpoint_redo"):
-            return  # restored, or sent by every run: never pending in the store
+        if self._reseeding:
+            return  # restored: pending in the store already
         try:
             data = self.serializer.dumps(request)
         except Exception as exc:
@@ -719,6 +792,11 @@ class CheckpointExtension:
         remember(item, work.request, work.yielded, self.fingerprint)
         work.item_ids.append(id(item))
         work.yielded += 1
+
+    def work_abandoned(self, key: Any) -> None:
+        """The crawl closes before a page's output could be recorded: the page stays pending."""
+        self._work[key].abandoned = True
+        self.work_finished(key)
 
     def work_finished(self, key: Any) -> None:
         work = self._work[key]
@@ -770,6 +848,8 @@ class CheckpointExtension:
             return
         del self._work[key]
         forget(work.item_ids)
+        if work.abandoned:
+            return
         if work.failed:
             self._unfinished += 1
             self.stats.inc_value("checkpoint/pending/item_error")
@@ -1011,6 +1091,8 @@ class CheckpointExtension:
             await run_in_thread(self.store.close)
             await self.metrics.close()
             return
+        if self._loading is not None:  # the store is still being read: it must not close under it
+            await maybe_deferred_to_future(self._loading)
         while self._flushing is not None:
             await maybe_deferred_to_future(self._flushing)
         await self._confirm_leased()
@@ -1123,11 +1205,17 @@ async def track_output(
             async for element in output:
                 if not isinstance(element, Request):
                     extension.output_item(key, element)
+                elif extension.loading and not await extension.processed_loaded():
+                    extension.work_abandoned(key)
+                    return
                 yield element
         else:
             for element in output:
                 if not isinstance(element, Request):
                     extension.output_item(key, element)
+                elif extension.loading and not await extension.processed_loaded():
+                    extension.work_abandoned(key)
+                    return
                 yield element
     except Exception:
         extension.work_finished(key)

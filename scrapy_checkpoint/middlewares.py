@@ -39,9 +39,13 @@ class CheckpointSpiderMiddleware:
         return cls(crawler)
 
     async def process_start(self, start: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        extension = self.extension
         async for element in start:
-            if isinstance(element, Request) and self.extension.skip_start_request(element):
-                continue
+            if isinstance(element, Request):
+                if extension.loading and not await extension.processed_loaded():
+                    return  # the crawl is closing
+                if extension.skip_start_request(element):
+                    continue
             yield element
 
     async def process_spider_output(

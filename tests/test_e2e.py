@@ -279,3 +279,40 @@ def test_site_limits_apply_to_their_site(tmp_path, shop):
     assert "Checkpoint writes for products: every 0.5 s or 7 events (CHECKPOINT_SITE_LIMITS)" in text
     flushes = int(re.search(r"'checkpoint/flushes': (\d+)", text).group(1))
     assert flushes > products // 7, flushes  # with the default 100 a batch, a few dozen
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_large_checkpoint_resumes_exactly_while_its_processed_requests_load(tmp_path, store, request):
+    """The processed requests of a large checkpoint are read while the first pending ones
+    are downloaded: the resumed crawl still redoes no processed page and loses none."""
+    extra = {"CHECKPOINT_REDIS_URL": request.getfixturevalue("redis_url")} if store == "redis" else {}
+    products, filler = 600, 300_000
+    log = tmp_path / "shop.log"
+    with demo_support.running_shop(log, products=products, latency=0.002) as url:
+        code, killed, crawl_log = crawl(url, tmp_path, kill_when_items=products // 2, extra=dict(extra))
+        assert killed, crawl_log.read_text()[-3000:]
+        checkpoint_id = checkpoint_id_of(crawl_log)
+        # Processed requests of pages this shop does not have: a checkpoint as large as a
+        # long crawl's, whose read takes a while.
+        rng = random.Random(SEED)
+        fillers = [rng.randbytes(20) for _ in range(filler)]
+        s = open_any_store(tmp_path, extra)
+        try:
+            if store == "sqlite":
+                key = s.db.execute("SELECT id FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,)).fetchone()[0]
+                with s.db:
+                    s.db.executemany("INSERT INTO requests (checkpoint, fingerprint, position, processed)"
+                                     " VALUES (?, ?, 0, 1)", ((key, fp) for fp in fillers))
+            else:
+                for start in range(0, filler, 10_000):
+                    s.client.sadd(s._key(checkpoint_id, "processed"), *fillers[start:start + 10_000])
+        finally:
+            s.close()
+        code, killed, crawl_log = crawl(url, tmp_path, resume=True, extra=dict(extra))
+        assert (code, killed) == (0, False), crawl_log.read_text()[-3000:]
+    text = crawl_log.read_text()
+    read = re.search(r"Checkpoint \S+: (\d+) processed requests read in", text)
+    assert read and int(read.group(1)) >= filler, text[-3000:]
+    summary = demo_support.summarize(tmp_path / "items.jsonl", log, products)
+    assert summary["lost"] == 0 and summary["duplicates"] == 0, summary
+    assert summary["extra_downloads"] <= BATCH_SIZE + CONCURRENCY, summary

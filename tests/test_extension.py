@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 
 import pytest
 from scrapy import Request, Spider
@@ -11,10 +12,18 @@ from scrapy.exceptions import DontCloseSpider, IgnoreRequest
 from scrapy.http import HtmlResponse
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from scrapy_checkpoint import CheckpointDownloaderMiddleware, CheckpointExtension, SpiderCheckpoint, item_key
+from scrapy_checkpoint import (
+    CheckpointDownloaderMiddleware,
+    CheckpointExtension,
+    CheckpointSpiderMiddleware,
+    SpiderCheckpoint,
+    item_key,
+)
 from scrapy_checkpoint._fingerprints import FingerprintSet
+from scrapy_checkpoint.extension import track_output
 from scrapy_checkpoint.models import Batch
 
 
@@ -326,3 +335,112 @@ def test_held_restored_requests_wait_then_go_when_idle(ext, caplog):
     assert ext._reseed_chunk is None and not ext.spider_checkpoint.hold_restored
     assert any("holds its restored requests back" in r.getMessage() for r in caplog.records
                if r.levelno == logging.WARNING)
+
+
+# Resuming: the processed requests are read while the first pending ones are downloaded.
+
+
+def _scheduling(ext, outcomes):
+    """An engine whose crawl() schedules as Scrapy's does: the extension may refuse."""
+
+    def crawl(request):
+        try:
+            ext.request_scheduled(request, ext.crawler.spider)
+        except IgnoreRequest:
+            outcomes.append(("skipped", request.url))
+        else:
+            outcomes.append(("scheduled", request.url))
+
+    ext.crawler.engine = SimpleNamespace(crawl=crawl, spider=ext.crawler.spider)
+
+
+def test_requests_scheduled_while_the_processed_ones_load_are_held_then_checked(ext):
+    spider = ext.crawler.spider
+    outcomes = []
+    _scheduling(ext, outcomes)
+    ext._loading = Deferred()
+    done, new = Request("http://shop.test/p/done"), Request("http://shop.test/p/new")
+    for request in (done, new):  # a redirect, a request of another component
+        with pytest.raises(IgnoreRequest):
+            ext.request_scheduled(request, spider)
+    ext._reseeding = True
+    ext.request_scheduled(Request("http://shop.test/p/restored"), spider)  # pending in the store
+    ext._reseeding = False
+    ext.request_scheduled(Request("http://shop.test/p/always", dont_filter=True), spider)
+    assert outcomes == [] and [r.url for r in ext._batch.discovered] == ["http://shop.test/p/always"]
+
+    ext._loaded(FingerprintSet([fp(ext, done)]), set())
+    assert outcomes == [("skipped", done.url), ("scheduled", new.url)]
+    assert [r.url for r in ext._batch.discovered] == ["http://shop.test/p/always", new.url]
+    assert ext.crawler.stats.get_value("checkpoint/held_while_loading") == 2
+    assert ext.crawler.stats.get_value("checkpoint/restored/processed") == 1
+
+
+def _consume_while_loading(ext, output, finish):
+    """Consume *output* while the processed requests load; *finish* ends the load once the
+    consumer waits for it. What was consumed before and after."""
+
+    async def scenario():
+        ext._loading = Deferred()
+        consumed = []
+
+        async def consume():
+            async for element in output:
+                consumed.append(element)
+
+        task = asyncio.ensure_future(consume())
+        while not ext._load_waiters and not task.done():
+            await asyncio.sleep(0)
+        before = list(consumed)
+        finish()
+        await task
+        return before, consumed
+
+    return asyncio.run(scenario())
+
+
+def test_a_page_is_processed_only_once_its_requests_pass_the_loaded_processed_ones(ext):
+    spider = ext.crawler.spider
+    listing = Request("http://shop.test/c?page=2", callback=spider.parse)
+    response = response_for(listing)
+    item, child = {"sku": "1"}, Request("http://shop.test/p/1", callback=spider.parse_product)
+    output = track_output(ext, response, listing, [item, child])
+    before, after = _consume_while_loading(ext, output, lambda: ext._loaded(FingerprintSet(), set()))
+    assert before == [item] and after == [item, child]
+    ext.item_scraped(item, response)
+    assert ext._batch.processed == [fp(ext, listing)]
+
+
+def test_a_failed_read_of_the_processed_ones_leaves_the_page_pending(ext, caplog):
+    spider = ext.crawler.spider
+    listing = Request("http://shop.test/c?page=2", callback=spider.parse)
+    response = response_for(listing)
+    item, child = {"sku": "1"}, Request("http://shop.test/p/1", callback=spider.parse_product)
+    closed = []
+
+    async def close_spider_async(reason):
+        closed.append(reason)
+
+    ext.crawler.engine = SimpleNamespace(spider=spider, close_spider_async=close_spider_async)
+    output = track_output(ext, response, listing, [item, child])
+    before, after = _consume_while_loading(ext, output, lambda: ext._not_loaded(ConnectionError("gone")))
+    assert before == after == [item] and closed == ["checkpoint_error"]
+    ext.item_scraped(item, response)
+    assert ext._batch.processed == [] and not ext._work
+    assert any("processed requests of the checkpoint" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.ERROR)
+
+
+def test_start_requests_wait_for_the_processed_ones(ext):
+    done, new = Request("http://shop.test/done"), Request("http://shop.test/new")
+
+    async def start():
+        for request in (done, new):
+            yield request
+
+    ext.crawler.get_extension = lambda cls: ext  # the middleware finds this extension
+    middleware = CheckpointSpiderMiddleware(ext.crawler)
+    before, after = _consume_while_loading(
+        ext, middleware.process_start(start()), lambda: ext._loaded(FingerprintSet([fp(ext, done)]), set())
+    )
+    assert before == [] and after == [new]
