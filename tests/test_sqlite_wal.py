@@ -118,3 +118,26 @@ def test_intact_and_torn_wal_log_nothing(crashed, caplog):
     _open_at(path, checkpoint_id)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not list(path.parent.glob("*.damaged-*"))
+
+
+def test_the_wal_stays_bounded_when_its_checkpointing_thread_falls_behind(tmp_path, monkeypatch):
+    """A writer that never pauses leaves the checkpointing thread no moment to copy the whole
+    WAL back: apply() then empties it itself, past WAL_LIMIT_BYTES."""
+    limit = 256 * 1024
+    monkeypatch.setattr("scrapy_checkpoint.stores.sqlite.WAL_LIMIT_BYTES", limit)
+    store = SQLiteCheckpointStore(tmp_path / "checkpoints.sqlite3")
+    store.open()
+    try:
+        store._wal_grew = type(store._wal_grew)()  # the thread waits on the old one: never woken
+        cp = new_checkpoint()
+        store.create(cp)
+        sizes = []
+        for seq in range(1, 41):
+            store.apply(cp.checkpoint_id, batch(seq, discovered=[discovered(seq * 1000 + i) for i in range(200)]),
+                        TTL)
+            sizes.append(store._wal.stat().st_size)
+        assert len(set(store.processed_fingerprints(cp.checkpoint_id))) == 0
+        assert store.get(cp.checkpoint_id).pipeline_data.urls_discovered == 40 * 200
+    finally:
+        store.close()
+    assert sum(sizes) / len(sizes) < limit and 0 in sizes, sizes  # emptied, again and again
