@@ -27,6 +27,16 @@ behind. Before that, a copy of its keys is left to expire, which Redis frees in 
 thread unless ``lazyfree-lazy-expire`` is set (``--lazyfree-expire`` sets it): the latency
 monitor's longest expire event.
 
+With ``--delete``, each SQLite checkpoint is measured too: the pages of the ``requests``
+table (``dbstat``), shared out between processed and pending rows by their bytes, and of
+its pending index (pending rows only); then ``store.delete`` runs while a second store
+instance on the same file, as another crawl would, applies batches of ``--probe-size``
+events to a checkpoint of its own: the longest of those applies is how long the delete
+made that crawl wait. For SQLite every cell also reports the pages each call read from
+outside its page cache and wrote to the WAL (``sqlite3_db_status``, through ctypes);
+``--sqlite-cache-kib`` and ``--sqlite-page-size`` change the measured connection's cache
+and a new file's page size. Every run prints the load average at its start and end.
+
 A prefill that would take longer than ``--prefill-budget`` at the rate measured so far is
 abandoned, and its cells are printed as ``n/a (reason)``; a cell stops repeating once a
 store has spent ``--cell-budget`` seconds in it. Last line: ``BENCH_JSON {...}``.
@@ -34,21 +44,26 @@ store has spent ``--cell-budget`` seconds in it. Last line: ``BENCH_JSON {...}``
     python bench/flush_latency.py --sizes 100,500,5000 --prefill 0,1000000,5000000 --repeats 200
     python bench/flush_latency.py --prefill 0,20000 --repeats 30 --stores sqlite,redis
     python bench/flush_latency.py --stores redis --prefill 2000000 --lag 1000000 --sizes 500 --repeats 20 --delete
+    python bench/flush_latency.py --stores sqlite --prefill 1000000 --sizes 500 --sqlite-page-size 8192 --no-scan
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import hashlib
 import importlib
 import json
+import os
 import pickle
 import random
+import sqlite3
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -66,7 +81,7 @@ from _services import mongo_server, redis_server  # noqa: E402
 from scrapy_checkpoint.exceptions import StoreUnavailable  # noqa: E402
 from scrapy_checkpoint.models import Batch, Checkpoint, DiscoveredRequest  # noqa: E402
 from scrapy_checkpoint.settings import CheckpointSettings  # noqa: E402
-from scrapy_checkpoint.stores import CheckpointStore, store_class  # noqa: E402
+from scrapy_checkpoint.stores import CheckpointStore, SQLiteCheckpointStore, store_class  # noqa: E402
 
 STORES = ("sqlite", "redis", "mongodb", "hybrid")
 SPIDER, SITE, JOB = "products", "shop.example.com", "bench"
@@ -399,6 +414,49 @@ def failure(exc: Exception, started: float) -> str:
     return f"{type(exc).__name__} after {time.perf_counter() - started:.1f} s: {str(exc)[:160]}"
 
 
+class SQLitePages:
+    """Page counters of one SQLite connection (``sqlite3_db_status``), which the stdlib does
+    not expose: cache misses (pages read from the file or the WAL) and pages written (to the
+    WAL, in WAL mode). Reached through ctypes, from the same library as ``_sqlite3``."""
+
+    _MISS, _WRITE = 8, 9  # SQLITE_DBSTATUS_CACHE_MISS, SQLITE_DBSTATUS_CACHE_WRITE
+
+    def __init__(self, db: Any, path: Path) -> None:
+        import _sqlite3
+
+        lib = ctypes.CDLL(_sqlite3.__file__)  # its symbols resolve to the libsqlite3 it links
+        self._status = lib.sqlite3_db_status
+        self._status.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int),
+                                 ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+        filename = lib.sqlite3_db_filename
+        filename.restype, filename.argtypes = ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_char_p]
+        self._db = db  # kept alive while its handle is used
+        # CPython 3.11's pysqlite_Connection: PyObject_HEAD, then the sqlite3 * handle.
+        self._handle = ctypes.c_void_p.from_address(id(db) + 16).value
+        if filename(self._handle, b"main") != str(path).encode():
+            raise RuntimeError("not the sqlite3 handle of this connection")
+        self._value, self._high = ctypes.c_int(), ctypes.c_int()
+
+    @classmethod
+    def of(cls, store: Any) -> SQLitePages | None:
+        try:
+            return cls(store.db, store.path.resolve())
+        except Exception as exc:  # another Python: the columns print "-"
+            print(f"  sqlite page counters unavailable: {exc}", file=sys.stderr)
+            return None
+
+    def _get(self, op: int, reset: int = 0) -> int:
+        self._status(self._handle, op, ctypes.byref(self._value), ctypes.byref(self._high), reset)
+        return self._value.value
+
+    def reset(self) -> None:
+        self._get(self._MISS, 1)
+        self._get(self._WRITE, 1)
+
+    def read(self) -> tuple[int, int]:
+        return self._get(self._MISS), self._get(self._WRITE)
+
+
 def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: float,
                  rng: random.Random) -> dict[str, dict[str, Any]]:
     """Apply *repeats* batches of *size* events per contender, interleaved."""
@@ -411,6 +469,9 @@ def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: f
     # Redis: the server's own time for each batch's script, from its command statistics.
     redis_clients = {c.kind: c.store.client for c in live if c.kind == "redis"}  # type: ignore[union-attr]
     server: dict[str, list[float]] = {kind: [] for kind in redis_clients}
+    # SQLite: pages the call read from outside its cache and wrote to the WAL (sqlite3_db_status).
+    counters = {c.kind: SQLitePages.of(c.store) for c in live if c.kind == "sqlite"}
+    pages: dict[str, list[tuple[int, int]]] = {kind: [] for kind, counter in counters.items() if counter}
     for _ in range(repeats):
         order = [c for c in live if spent[c.kind] < budget and len(errors[c.kind]) < 5]
         if not order:
@@ -421,6 +482,9 @@ def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: f
             batch = contender.workload.batch(size)
             client = redis_clients.get(contender.kind)
             server_before = _script_usec(client) if client else 0
+            counter = counters.get(contender.kind)
+            if counter:
+                counter.reset()
             started, cpu_started = time.perf_counter(), time.thread_time()
             try:
                 contender.store.apply(contender.checkpoint_id, batch, contender.ttl)
@@ -433,6 +497,8 @@ def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: f
                 cpu[contender.kind].append(time.thread_time() - cpu_started)
                 if client:
                     server[contender.kind].append((_script_usec(client) - server_before) / 1e6)
+                if counter:
+                    pages[contender.kind].append(counter.read())
             spent[contender.kind] += time.perf_counter() - started
     out: dict[str, dict[str, Any]] = {}
     for contender in live:
@@ -450,8 +516,15 @@ def measure_cell(contenders: list[Contender], size: int, repeats: int, budget: f
             # Was the slowest call working or waiting (for a lock, the disk, a core)?
             slowest = max(range(len(times[kind])), key=times[kind].__getitem__)
             row["cpu_of_max_ms"] = round(cpu[kind][slowest] * 1000, 3)
+            if pages.get(kind):
+                misses, writes = zip(*pages[kind])
+                row["pages"] = {"miss_p50": statistics.median(misses), "write_p50": statistics.median(writes),
+                                "miss_at_max": misses[slowest], "write_at_max": writes[slowest],
+                                "miss_p99": percentile(list(misses), 99),
+                                "write_p99": percentile(list(writes), 99)}
         if server.get(kind):
             row["server"] = {k.replace("_ms", ""): v for k, v in summary(server[kind]).items()}
+        row["load"] = round(os.getloadavg()[0], 2)
         out[kind] = row
     return out
 
@@ -542,6 +615,101 @@ def redis_delete(contender: Contender, expire: bool, lazy_expire: bool) -> dict[
     return result
 
 
+def sqlite_delete(contender: Contender, probe_size: int, probe_pause: float) -> dict[str, Any]:
+    """Storage per URL of the contender's SQLite checkpoint (``dbstat``), then its delete
+    while another store instance on the same file (another crawl) applies batches of
+    *probe_size* events to a checkpoint of its own, one every *probe_pause* seconds: the
+    longest of those applies is how long the delete made a crawl wait."""
+    store, cid = contender.store, contender.checkpoint_id
+    assert store is not None and cid is not None
+    path, own = store.path, store.db  # type: ignore[attr-defined]
+    key = own.execute("SELECT id FROM checkpoints WHERE checkpoint_id = ?", (cid,)).fetchone()[0]
+    result: dict[str, Any] = {"file_bytes": sum(p.stat().st_size for p in path.parent.glob(path.name + "*")
+                                                if not p.name.endswith("-shm"))}
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        # Every row's bytes, by kind: the table's pages are shared out by them (cell and
+        # page overhead in proportion); 12 bytes a row stand for the record header and the
+        # integer columns.
+        rows = {(mine, processed): (n, size) for mine, processed, n, size in db.execute(
+            "SELECT checkpoint = ?, processed, COUNT(*), SUM(12 + LENGTH(fingerprint)"
+            " + COALESCE(LENGTH(CAST(url AS BLOB)), 0) + COALESCE(LENGTH(request), 0))"
+            " FROM requests GROUP BY 1, 2", (key,))}
+        pages = {name: (n, size) for name, n, size in db.execute(
+            "SELECT name, COUNT(*), SUM(pgsize) FROM dbstat WHERE name IN ('requests', 'requests_pending')"
+            " GROUP BY name")}
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        null_urls = db.execute("SELECT COUNT(*) FROM requests WHERE checkpoint = ? AND processed = 1"
+                               " AND url IS NOT NULL", (key,)).fetchone()[0]
+        bodies = db.execute("SELECT COUNT(*) FROM requests WHERE checkpoint = ? AND processed = 1"
+                            " AND request IS NOT NULL", (key,)).fetchone()[0]
+    table = pages.get("requests", (0, 0))[1]
+    index = pages.get("requests_pending", (0, 0))[1]
+    total_row_bytes = sum(size for _, size in rows.values()) or 1
+    pending_all = sum(n for (mine, processed), (n, _) in rows.items() if not processed) or 1
+    processed_n, processed_size = rows.get((1, 1), (0, 0))
+    pending_n, pending_size = rows.get((1, 0), (0, 0))
+    result.update(
+        processed=processed_n, pending=pending_n, page_size=page_size,
+        table_bytes=table, index_bytes=index, table_pages=pages.get("requests", (0, 0))[0],
+        processed_with_url=null_urls, processed_with_body=bodies,
+        processed_row_bytes=round(processed_size / processed_n, 1) if processed_n else None,
+        pending_row_bytes=round(pending_size / pending_n, 1) if pending_n else None,
+        bytes_per_processed=round(table * processed_size / total_row_bytes / processed_n, 1) if processed_n else None,
+        # The partial index holds pending rows only.
+        bytes_per_pending=round((table * pending_size / total_row_bytes + index * pending_n / pending_all)
+                                / pending_n, 1) if pending_n else None,
+    )
+    prober = SQLiteCheckpointStore(path, timeout=PREFILL_TIMEOUT)
+    prober.open()
+    waits: list[tuple[float, float]] = []  # (start, seconds) of each probe apply
+    stop = threading.Event()
+    probe_error: list[str] = []
+
+    def probe() -> None:
+        checkpoint = Checkpoint.new(ttl=contender.ttl, spider=SPIDER, site_domain=SITE, job_type="probe")
+        prober.create(checkpoint)
+        workload = Workload(request_template(), 50)
+        try:
+            while not stop.is_set():
+                batch = workload.batch(probe_size)
+                started = time.perf_counter()
+                prober.apply(checkpoint.checkpoint_id, batch, contender.ttl)
+                waits.append((started, time.perf_counter() - started))
+                time.sleep(probe_pause)
+        except Exception as exc:  # reported in the row
+            probe_error.append(f"{type(exc).__name__}: {exc}"[:200])
+        finally:
+            prober.delete(checkpoint.checkpoint_id)
+
+    thread = threading.Thread(target=probe, name="delete-probe", daemon=True)
+    thread.start()
+    try:
+        time.sleep(2.0)  # the probe's own times, before the delete
+        started = time.perf_counter()
+        if not store.delete(cid):
+            raise RuntimeError(f"sqlite: delete found no checkpoint {cid}")
+        ended = time.perf_counter()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join()
+        prober.close()
+    before = [s for t, s in waits if t + s < started]
+    # A probe apply waits behind the delete when it overlaps it at all.
+    during = [s for t, s in waits if t < ended and t + s > started]
+    left = own.execute("SELECT COUNT(*) FROM requests WHERE checkpoint = ?", (key,)).fetchone()[0]
+    result.update(
+        delete_s=round(ended - started, 3), rows_left=left, gone=store.get(cid) is None,
+        probe_n=len(during), probe_before_max_ms=round(max(before) * 1000, 2) if before else None,
+        probe_p50_ms=round(statistics.median(during) * 1000, 2) if during else None,
+        probe_p99_ms=round(percentile(during, 99) * 1000, 2) if during else None,
+        probe_max_ms=round(max(during) * 1000, 2) if during else None,
+    )
+    if probe_error:
+        result["probe_error"] = probe_error[0]
+    return result
+
+
 def _script_usec(client: Any) -> int:
     """Microseconds Redis has spent running EVALSHA since it started."""
     return client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0)
@@ -571,6 +739,28 @@ def print_deletes(deletes: list[dict[str, Any]], request_bytes: int) -> None:
               f"{row.get('expire_max_ms', '-'):>15}{row['lazyfree_lazy_expire']:>13}")
 
 
+def print_sqlite_deletes(deletes: list[dict[str, Any]]) -> None:
+    print("\nSQLite storage (dbstat: pages of the requests table, shared out by row bytes, and of its "
+          "pending index) and delete of the prefilled checkpoint while another store instance on the same "
+          "file applies small batches")
+    print("probe: those applies that overlapped the delete (max = the longest a crawl waited); before max: "
+          "the longest in the 2 s before it; url/body: processed rows still holding a url / a request body")
+    print(f"{'store':<9}{'prefill':>11}{'processed':>12}{'B/proc':>8}{'pending':>11}{'B/pend':>9}{'file MB':>9}"
+          f"{'url':>12}{'body':>6}{'delete s':>10}{'probe n':>9}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}"
+          f"{'before max':>11}{'left':>6}")
+    for row in deletes:
+        head = f"{row['store']:<9}{row['prefill']:>11,}"
+        if "error" in row:
+            print(f"{head}  n/a ({row['error']})")
+            continue
+        print(f"{head}{row['processed']:>12,}{fmt_ms(row['bytes_per_processed']):>8}{row['pending']:>11,}"
+              f"{fmt_ms(row['bytes_per_pending']):>9}{row['file_bytes'] / 1e6:>9,.0f}{row['processed_with_url']:>12,}"
+              f"{row['processed_with_body']:>6,}{row['delete_s']:>10.2f}{row['probe_n']:>9}"
+              f"{fmt_ms(row['probe_p50_ms']):>10}{fmt_ms(row['probe_p99_ms']):>10}{fmt_ms(row['probe_max_ms']):>10}"
+              f"{fmt_ms(row['probe_before_max_ms']):>11}{row['rows_left']:>6}"
+              + (f"  probe error: {row['probe_error']}" if "probe_error" in row else ""))
+
+
 def print_tables(cells: list[dict[str, Any]], recoveries: list[dict[str, Any]], prefills: list[dict[str, Any]],
                  request_bytes: int) -> None:
     print("\nprefill (not a result: how the checkpoints were filled)")
@@ -586,20 +776,26 @@ def print_tables(cells: list[dict[str, Any]], recoveries: list[dict[str, Any]], 
           "records = URL records of the checkpoint at the start -> end of the cell")
     print("cpu p50: CPU time of the calling thread (the client's work; all of SQLite's); cpu@max: that of the "
           "slowest call; server p50/p99: Redis's own execution time of the batch's script (INFO commandstats)")
-    print(f"{'store':<9}{'prefill':>10}{'size':>7}{'n':>6}{'records':>24}"
+    print("SQLite pages per call (sqlite3_db_status): miss = read from outside the page cache, wr = written "
+          "to the WAL; @max: of the slowest call; load: 1-minute load average at the end of the cell")
+    print(f"{'store':<9}{'prefill':>11}{'size':>7}{'n':>6}{'records':>27}"
           f"{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}{'cpu p50':>10}{'cpu@max':>10}{'server p50':>12}"
-          f"{'server p99':>12}")
+          f"{'server p99':>12}{'miss p50':>10}{'miss@max':>10}{'wr p50':>8}{'wr p99':>8}{'wr@max':>8}{'load':>7}")
     for cell in cells:
-        head = f"{cell['store']:<9}{cell['prefill']:>10,}{cell['size']:>7,}"
+        head = f"{cell['store']:<9}{cell['prefill']:>11,}{cell['size']:>7,}"
         if "skipped" in cell:
             print(f"{head}  n/a ({cell['skipped']})")
             continue
         records = " -> ".join("?" if n is None else f"{n:,}" for n in (cell["records_start"], cell["records_end"]))
-        print(f"{head}{cell['n']:>6}{records:>24}{fmt_ms(cell.get('p50_ms')):>10}"
+        print(f"{head}{cell['n']:>6}{records:>27}{fmt_ms(cell.get('p50_ms')):>10}"
               f"{fmt_ms(cell.get('p95_ms')):>10}{fmt_ms(cell.get('p99_ms')):>10}{fmt_ms(cell.get('max_ms')):>10}"
               f"{fmt_ms(cell.get('cpu_p50_ms')):>10}{fmt_ms(cell.get('cpu_of_max_ms')):>10}"
               f"{fmt_ms(cell.get('server', {}).get('p50')):>12}"
               f"{fmt_ms(cell.get('server', {}).get('p99')):>12}"
+              + "".join(f"{pages.get(k, '-'):>{w}}" for k, w in (
+                  ("miss_p50", 10), ("miss_at_max", 10), ("write_p50", 8), ("write_p99", 8), ("write_at_max", 8))
+                  for pages in [cell.get("pages", {})])
+              + f"{cell.get('load', '-'):>7}"
               + (f"  {cell['note']}" if "note" in cell else "")
               + (f"  errors: {cell['errors']} ({cell['first_error']})" if cell.get("errors") else ""))
     print("\nrecovery lookup on the prefilled checkpoint (medians); load = every processed "
@@ -646,7 +842,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-budget", type=float, default=600.0,
                         help="seconds a store may spend in one (size, prefill) cell")
     parser.add_argument("--delete", action="store_true",
-                        help="Redis: after each level's cells, storage per URL and the delete of its checkpoint")
+                        help="Redis and SQLite: after each level's cells, storage per URL and the delete of its "
+                             "checkpoint (SQLite: while another store instance applies --probe-size batches)")
+    parser.add_argument("--probe-size", type=int, default=100, help="with --delete, SQLite: events per probe batch")
+    parser.add_argument("--probe-pause", type=float, default=0.01,
+                        help="with --delete, SQLite: seconds between probe batches")
+    parser.add_argument("--sqlite-cache-kib", type=int, default=None,
+                        help="PRAGMA cache_size of the measured SQLite connection, KiB (default: the store's); "
+                             "its cache is warmed by a read of the table before measuring")
+    parser.add_argument("--sqlite-page-size", type=int, default=None,
+                        help="page size of a new SQLite file (default: SQLite's, 4096)")
     parser.add_argument("--no-expire", action="store_true",
                         help="with --delete, skip the expiry of a copy of the checkpoint's keys")
     parser.add_argument("--lazyfree-expire", action="store_true",
@@ -659,6 +864,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind not in STORES:
             parser.error(f"unknown store {kind!r}; choose from {','.join(STORES)}")
     rng = random.Random(args.seed)
+    load_start = os.getloadavg()
     template = request_template()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-flush-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -672,6 +878,13 @@ def main(argv: list[str] | None = None) -> int:
             redis_url = stack.enter_context(redis_server(workdir)) if {"redis", "hybrid"} & set(kinds) else None
             mongo_uri = stack.enter_context(mongo_server(workdir)) if {"mongodb", "hybrid"} & set(kinds) else None
             services = Services(redis_url, mongo_uri)
+            if args.sqlite_page_size and "sqlite" in kinds:
+                # Set before the first table is made: a WAL file's page size is fixed from then on.
+                (workdir / "sqlite").mkdir(parents=True, exist_ok=True)
+                with contextlib.closing(sqlite3.connect(workdir / "sqlite" / "checkpoints.sqlite3",
+                                                        isolation_level=None)) as db:
+                    db.execute(f"PRAGMA page_size={int(args.sqlite_page_size)}")
+                    db.execute("PRAGMA journal_mode=WAL")
             slow_rates: dict[str, float] = {}
             for level in args.prefill:
                 contenders = []
@@ -685,12 +898,20 @@ def main(argv: list[str] | None = None) -> int:
                     contender.store = make_store(kind, workdir, services, args.timeout, tag)
                     contender.store.open()
                     stack.callback(contender.store.close)
+                    if kind == "sqlite" and args.sqlite_cache_kib:
+                        contender.store.db.execute(  # type: ignore[attr-defined]
+                            f"PRAGMA cache_size=-{int(args.sqlite_cache_kib)}")
                     checkpoint = Checkpoint.new(ttl=contender.ttl, spider=SPIDER, site_domain=SITE, job_type=JOB)
                     contender.store.create(checkpoint)
                     contender.checkpoint_id = checkpoint.checkpoint_id
                     contender.workload = Workload(template, args.lag)
                     print(f"prefill {kind} to {level:,} records", file=sys.stderr)
                     prefill(contender, level, args, slow_rates, workdir, services, tag)
+                    if kind == "sqlite" and args.sqlite_cache_kib and not contender.skipped:
+                        # A cache larger than the default is measured warm, as a long crawl's
+                        # would be: the table read once through the measured connection.
+                        contender.store.db.execute(  # type: ignore[attr-defined]
+                            "SELECT SUM(LENGTH(request)) FROM requests").fetchone()
                     prefills.append({"store": kind, "prefill": level, "skipped": contender.skipped,
                                      **contender.extra})
                     if contender.skipped:
@@ -724,6 +945,14 @@ def main(argv: list[str] | None = None) -> int:
                         except Exception as exc:  # reported, not fatal
                             row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
                         deletes.append(row)
+                    if args.delete and contender.kind == "sqlite" and contender.skipped is None:
+                        print(f"delete sqlite at {level:,}", file=sys.stderr)
+                        row = {"store": contender.kind, "prefill": level}
+                        try:
+                            row.update(sqlite_delete(contender, args.probe_size, args.probe_pause))
+                        except Exception as exc:  # reported, not fatal
+                            row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                        deletes.append(row)
                 for contender in contenders:
                     if contender.store is not None:
                         contender.store.close()
@@ -731,12 +960,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print_tables(cells, recoveries, prefills, len(template))
-    if args.delete:
-        print_deletes(deletes, len(template))
+    if args.delete and any(row["store"] == "redis" for row in deletes):
+        print_deletes([row for row in deletes if row["store"] == "redis"], len(template))
+    if args.delete and any(row["store"] == "sqlite" for row in deletes):
+        print_sqlite_deletes([row for row in deletes if row["store"] == "sqlite"])
+    load = os.getloadavg()
+    print(f"\nload average at the end (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"at the start: {' '.join(f'{v:.2f}' for v in load_start)}; {os.cpu_count()} cores")
     print("BENCH_JSON " + json.dumps({
         "bench": "flush_latency", "sizes": args.sizes, "prefill": args.prefill, "repeats": args.repeats,
         "stores": kinds, "lag": args.lag, "timeout": args.timeout, "request_bytes": len(template),
         "cells": cells, "recovery": recoveries, "prefills": prefills, "deletes": deletes,
+        "load_start": load_start, "load_end": os.getloadavg(), "sqlite_cache_kib": args.sqlite_cache_kib,
+        "sqlite_page_size": args.sqlite_page_size,
     }))
     return 0
 

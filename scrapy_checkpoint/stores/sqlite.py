@@ -48,6 +48,16 @@ POSITION_BITS = 32
 ITEMS_PAGE = 1000
 #: The first bits of a WAL header's magic number; its last bit gives the checksums' byte order.
 WAL_MAGIC = 0x377F0682
+#: Rows a delete removes per transaction: a crawl writing the same file waits behind one
+#: chunk (a few milliseconds), never behind a whole checkpoint of millions of URLs.
+DELETE_CHUNK = 2000
+#: After each chunk a delete pauses this many times as long as the chunk took (at least
+#: DELETE_PAUSE_MIN seconds), so that a writer polling for the lock finds it free.
+DELETE_PAUSE_RATIO = 2.0
+DELETE_PAUSE_MIN = 0.005
+#: The status column of a checkpoint being deleted. Its id column becomes
+#: ``deleting:<key>``: no lookup finds it, and its key is not reused while rows remain.
+DELETING = "deleting"
 
 # Rows refer to their checkpoint by its integer key: a 36-character UUID repeated in every
 # row and index entry would make up much of a large file. Requests live in a B-tree ordered
@@ -158,6 +168,8 @@ class SQLiteCheckpointStore(CheckpointStore):
         self._wal = Path(f"{self.path}-wal")
         self._wal_grew = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        #: Deletes the rows of checkpoints marked deleting when the store opened.
+        self._purger: threading.Thread | None = None
 
     @classmethod
     def from_checkpoint_settings(cls, settings: CheckpointSettings) -> SQLiteCheckpointStore:
@@ -196,12 +208,17 @@ class SQLiteCheckpointStore(CheckpointStore):
                 db.close()
                 raise
             self._db = db
-            self._purge_expired()
+            purge = self._purge_expired()
             self._purge_expired_queries()
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_wal, name=f"checkpoint-wal:{self.path.name}", daemon=True
             )
             self._checkpointer.start()
+            if purge:
+                self._purger = threading.Thread(
+                    target=self._purge, args=(purge,), name=f"checkpoint-purge:{self.path.name}", daemon=True
+                )
+                self._purger.start()
 
     def close(self) -> None:
         with self._lock:
@@ -316,26 +333,58 @@ class SQLiteCheckpointStore(CheckpointStore):
             raise RuntimeError(f"{self.describe()} is not open")
         return self._db
 
-    def _purge_expired(self) -> None:
+    def _purge_expired(self) -> list[int]:
+        """Mark the expired checkpoints deleting, and those whose delete a kill interrupted
+        (marked expired at once): the keys whose rows _purge deletes. open() holds the lock."""
         now = utcnow().isoformat()
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            expired = [r for r in db.execute(
+        with self._transaction() as db:
+            expired = db.execute(
                 "SELECT id FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at < ?", (now,)
-            )]
-            self._delete_rows(db, expired)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            ).fetchall()
+            self._mark_deleting(db, expired)
+        return [key for (key,) in expired]
+
+    def _purge(self, keys: list[int]) -> None:
+        """Delete the rows of checkpoints marked deleting at open(), in the background: a
+        crawl does not wait for millions of rows to go before it starts. The store closed
+        first, the next open() goes on."""
+        try:
+            for key in keys:
+                self._delete_marked(key)
+        except Exception as exc:
+            if self._db is not None:
+                logger.warning("Expired checkpoints in %(store)s are left for the next open: %(error)s",
+                               {"store": self.describe(), "error": exc})
 
     @staticmethod
-    def _delete_rows(db: sqlite3.Connection, keys: list[tuple[int]]) -> int:
-        """Delete the checkpoints of these integer keys, and their rows; how many records went."""
-        for table in ("requests", "items"):
-            db.executemany(f"DELETE FROM {table} WHERE checkpoint = ?", keys)
-        return db.executemany("DELETE FROM checkpoints WHERE id = ?", keys).rowcount
+    def _mark_deleting(db: sqlite3.Connection, keys: list[tuple[int]]) -> None:
+        """Take these checkpoints out of every lookup, in the caller's transaction, before
+        their rows go: one half deleted is never resumed, and the next open() ends the job."""
+        db.executemany(
+            f"UPDATE checkpoints SET status = '{DELETING}', checkpoint_id = '{DELETING}:' || id,"
+            " expires_at = '' WHERE id = ?",
+            keys,
+        )
+
+    def _delete_marked(self, key: int) -> None:
+        """Delete the rows of a checkpoint marked deleting, DELETE_CHUNK at a time, each in a
+        transaction of its own (the store's lock held for it alone), then its record."""
+        for table, column in (("requests", "fingerprint"), ("items", "id")):
+            while True:
+                started = time.monotonic()
+                with self._lock, self._transaction() as db:
+                    deleted = db.execute(
+                        f"DELETE FROM {table} WHERE checkpoint = ?1 AND {column} IN"
+                        f" (SELECT {column} FROM {table} WHERE checkpoint = ?1 ORDER BY {column} LIMIT ?2)",
+                        (key, DELETE_CHUNK),
+                    ).rowcount
+                if self._wal_size() > WAL_CHECKPOINT_BYTES:
+                    self._wal_grew.set()
+                if deleted < DELETE_CHUNK:
+                    break
+                time.sleep(max((time.monotonic() - started) * DELETE_PAUSE_RATIO, DELETE_PAUSE_MIN))
+        with self._lock, self._transaction() as db:
+            db.execute("DELETE FROM checkpoints WHERE id = ?", (key,))
 
     def _write_record(self, checkpoint: Checkpoint) -> None:
         self.db.execute(
@@ -428,9 +477,9 @@ class SQLiteCheckpointStore(CheckpointStore):
             [(key, r.fingerprint, first + i, r.url, r.data, r.start) for i, r in enumerate(batch.discovered)],
         ).rowcount
         fingerprints = [(key, fp) for fp in batch.processed]
-        # A processed request is never rebuilt: its body goes, half of a row.
+        # A processed request is never rebuilt: its body and its URL go, most of a row.
         processed = db.executemany(
-            "UPDATE requests SET processed = 1, request = NULL"
+            "UPDATE requests SET processed = 1, request = NULL, url = NULL"
             " WHERE checkpoint = ? AND fingerprint = ? AND processed = 0",
             fingerprints,
         ).rowcount
@@ -531,7 +580,7 @@ class SQLiteCheckpointStore(CheckpointStore):
         job_type: str | None = None,
         status: StatusFilter = None,
     ) -> Iterator[Checkpoint]:
-        where: list[str] = []
+        where: list[str] = [f"status != '{DELETING}'"]  # half deleted: gone
         params: list[str] = []
         for column, value in (("spider", spider), ("site_domain", site_domain), ("job_type", job_type)):
             if value is not None:
@@ -553,18 +602,16 @@ class SQLiteCheckpointStore(CheckpointStore):
                 logger.warning("Left out of the list: %(error)s", {"error": exc})
 
     def delete(self, checkpoint_id: str) -> bool:
-        with self._lock:
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                deleted = self._delete_rows(db, [(self._key(checkpoint_id),)])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        if self._wal_size() > WAL_CHECKPOINT_BYTES:
-            self._wal_grew.set()
-        return deleted > 0
+        # Gone for every reader at once; its rows then go a chunk at a time, so that a crawl
+        # on the same file never waits behind millions of them.
+        with self._lock, self._transaction() as db:
+            key = self._key(checkpoint_id)
+            if key >= 0:
+                self._mark_deleting(db, [(key,)])
+        if key < 0:
+            return False
+        self._delete_marked(key)
+        return True
 
     def stored_bytes(self, checkpoint_id: str) -> int | None:
         """The bytes of the checkpoint's values (record, requests, items), without the
