@@ -177,12 +177,20 @@ def test_next_open_finishes_a_killed_delete(path, monkeypatch):
         store.close()
 
 
-def test_expired_checkpoint_purged_in_chunks_on_open(path, monkeypatch):
+def _expired(path) -> str:
+    """A file holding one filled checkpoint that has expired: the next open() purges it."""
     store = SQLiteCheckpointStore(path)
     store.open()
-    cid = _filled(store)
-    store.apply(cid, batch(2), 1e-6)
-    store.close()
+    try:
+        cid = _filled(store)
+        store.apply(cid, batch(2), 1e-6)
+    finally:
+        store.close()
+    return cid
+
+
+def test_expired_checkpoint_purged_in_chunks_on_open(path, monkeypatch):
+    _expired(path)
     pauses = []
     monkeypatch.setattr(sqlite_store.time, "sleep", pauses.append)
     store = SQLiteCheckpointStore(path)
@@ -196,11 +204,7 @@ def test_expired_checkpoint_purged_in_chunks_on_open(path, monkeypatch):
 
 
 def test_a_crawl_opening_the_store_does_not_wait_for_the_purge(path, monkeypatch):
-    store = SQLiteCheckpointStore(path)
-    store.open()
-    cid = _filled(store)
-    store.apply(cid, batch(2), 1e-6)
-    store.close()
+    cid = _expired(path)
     paused, go_on = threading.Event(), threading.Event()
 
     def sleep(seconds):
