@@ -186,6 +186,21 @@ def external_mongodb() -> bool:
     return bool(os.environ.get(_services.ENV_URI))
 
 
+def _wait_until_loaded(url: str) -> None:
+    """Wait until a redis-server started on a dump has read it (ten million URLs take a
+    while): until then it answers every command with LOADING, and a resume refuses."""
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        while True:
+            try:
+                if not int(client.info("persistence")["loading"]):
+                    return
+            except redis.BusyLoadingError:
+                pass
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def services(kinds: tuple[str, ...], directory: Path, seed: Path | None = None) -> Iterator[dict[str, Any]]:
     """Start what *kinds* need in *directory*, from a copy of *seed* (a snapshot) if given;
@@ -208,6 +223,7 @@ def services(kinds: tuple[str, ...], directory: Path, seed: Path | None = None) 
                 if url is None:
                     raise Skip("no redis-server binary")
                 settings["CHECKPOINT_REDIS_URL"] = url
+                _wait_until_loaded(url)
             elif kind == "mongodb":
                 uri = stack.enter_context(_services.mongo_server(where))
                 if uri is None:
@@ -370,7 +386,13 @@ def build_checkpoint(name: str, synthetic: Synthetic, snapshot: Path, args: argp
                 import redis
 
                 with redis.Redis.from_url(settings["CHECKPOINT_REDIS_URL"]) as client:
-                    client.save()  # the dump.rdb a fresh server loads
+                    # The dump.rdb a fresh server loads; in the background, waited for: a
+                    # SAVE of ten million URLs outlasts a socket timeout.
+                    client.bgsave()
+                    while (persistence := client.info("persistence"))["rdb_bgsave_in_progress"]:
+                        time.sleep(0.5)
+                    if persistence["rdb_last_bgsave_status"] != "ok":
+                        raise RuntimeError(f"redis BGSAVE failed: {persistence}")
         if not ("mongodb" in SERVICES[name] and external_mongodb()):
             snapshot.mkdir(parents=True)
             for kind in SERVICES[name]:

@@ -38,4 +38,21 @@ def test_smaller_than_a_set():
     members = [fp(n) for n in range(20_000)]
     as_set = set(members)
     set_bytes = sys.getsizeof(as_set) + sum(sys.getsizeof(m) for m in members)
-    assert sys.getsizeof(FingerprintSet(members)._packed) * 3 < set_bytes
+    packed = FingerprintSet(members)
+    assert packed.nbytes == 20 * len(members) and packed.nbytes * 3 < set_bytes
+
+
+def test_a_set_read_out_of_order_holds_no_second_copy_at_its_peak():
+    """Built from fingerprints out of order (as Redis returns a set), the set never holds
+    the whole of them twice: each bucket is sorted alone."""
+    import tracemalloc
+
+    members = [fp(n) for n in range(100_000)]
+    tracemalloc.start()
+    try:
+        packed = FingerprintSet(iter(members))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert all(m in packed for m in members[::97]) and len(packed) == len(members)
+    assert peak < 1.5 * packed.nbytes, (peak, packed.nbytes)
