@@ -17,6 +17,7 @@ then hold as many events as at full speed, and a flush's fixed cost weighs as mu
 
     python bench/overhead.py --rounds 7 --products 3000
     python bench/overhead.py --contenders off,sqlite,jobdir
+    python bench/overhead.py --instructions 300,1000 --contenders off,sqlite,sqlite-signal
     python bench/overhead.py --instructions 300,1000
     python bench/overhead.py --instructions 300,1000 --contenders off,sqlite --ablate store
 """
@@ -88,6 +89,12 @@ def contenders(redis_url: str | None, mongo_uri: str | None) -> dict[str, dict]:
             "REDIS_URL": redis_url,
         }
     return out
+
+
+#: Asked for as ``<store>-signal`` (``sqlite-signal``): that store's crawl without the add-on's
+#: CheckpointItemPipeline, as configured by hand without it: the extension learns which items
+#: are scraped from Scrapy's item_scraped signal.
+NO_ITEM_PIPELINE = {"ITEM_PIPELINES": {"scrapy_checkpoint.CheckpointItemPipeline": None}}
 
 
 def crawl_command(url: str, name: str, extra: dict, workdir: Path, run: int) -> tuple[list[str], Path, Path]:
@@ -248,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         with redis_server(workdir) as redis_url, mongo_server(workdir) as mongo_uri:
             table = contenders(redis_url, mongo_uri)
             if args.contenders:
-                table = {k: table[k] for k in args.contenders.split(",")}
+                table = {k: table[k] if k in table else {**table[k.removesuffix("-signal")], **NO_ITEM_PIPELINE}
+                         for k in args.contenders.split(",")}
             if sizes:
                 report = instructions(table, sizes, workdir, args.jobs, args.slowdown)
                 print_instructions(report, sizes)

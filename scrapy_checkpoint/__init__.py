@@ -8,6 +8,7 @@ from .extension import CheckpointExtension, SpiderCheckpoint
 from .middlewares import CheckpointDownloaderMiddleware, CheckpointSpiderMiddleware
 from .models import Checkpoint, CheckpointStatus, ExtractionResults, PipelineData
 from .outputs import CheckpointFeedExporter, item_key
+from .pipelines import CheckpointItemPipeline
 from .stores import CheckpointStore, SQLiteCheckpointStore
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointExtension",
     "CheckpointFeedExporter",
+    "CheckpointItemPipeline",
     "CheckpointNotFound",
     "CheckpointSpiderMiddleware",
     "CheckpointStatus",

@@ -10,6 +10,7 @@ from scrapy.utils.misc import load_object
 from .extension import CheckpointExtension
 from .middlewares import CheckpointDownloaderMiddleware, CheckpointSpiderMiddleware
 from .outputs import CheckpointFeedExporter
+from .pipelines import CheckpointItemPipeline
 from .settings import object_path, shares_a_scheduler
 
 if TYPE_CHECKING:
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 #: only after RetryMiddleware (550) has given up.
 SPIDER_MIDDLEWARE_ORDER = 10
 DOWNLOADER_MIDDLEWARE_ORDER = 10
+#: Last, after the 0 to 1000 Scrapy's documentation suggests: an item that reaches it has
+#: passed every item pipeline.
+ITEM_PIPELINE_ORDER = 10_000
 
 
 class Addon:
@@ -31,6 +35,7 @@ class Addon:
             ("EXTENSIONS", CheckpointExtension, 0),
             ("SPIDER_MIDDLEWARES", CheckpointSpiderMiddleware, SPIDER_MIDDLEWARE_ORDER),
             ("DOWNLOADER_MIDDLEWARES", CheckpointDownloaderMiddleware, DOWNLOADER_MIDDLEWARE_ORDER),
+            ("ITEM_PIPELINES", CheckpointItemPipeline, ITEM_PIPELINE_ORDER),
         ):
             settings.setdefault_in_component_priority_dict(name, component, order)
         # Feeds in step with the checkpoint; without checkpoints it is Scrapy's exporter.

@@ -8,6 +8,7 @@ import os
 import socket
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -792,6 +793,28 @@ class CheckpointExtension:
         remember(item, work.request, work.yielded, self.fingerprint)
         work.item_ids.append(id(item))
         work.yielded += 1
+        yielded = self._yielded
+        if yielded is None:
+            return
+        entry = yielded.get(id(item))
+        if entry is None:
+            if len(yielded) >= self._sweep_at:
+                # Entries of pages done already: objects an earlier pipeline replaced (the
+                # pipeline and the signals then name the new object, not this one).
+                live = self._work
+                for stale in [i for i, (_, k, _) in yielded.items() if k is not None and k() not in live]:
+                    del yielded[stale]
+                self._sweep_at = max(1024, 2 * len(yielded))
+            yielded[id(item)] = [item, weakref.ref(key), 1]
+            return
+        page = entry[1]
+        if page is not None and page() is key:
+            entry[2] += 1
+        elif page is not None and page() not in self._work:
+            entry[1], entry[2] = weakref.ref(key), 1  # left by a page done already
+        else:
+            entry[1] = None  # in flight from two pages: the item_scraped signal tells which
+            entry[2] += 1
 
     def work_abandoned(self, key: Any) -> None:
         """The crawl closes before a page's output could be recorded: the page stays pending."""
@@ -804,7 +827,65 @@ class CheckpointExtension:
         work.ran = True
         self._maybe_processed(key, work)
 
+    #: While CheckpointItemPipeline (last in ITEM_PIPELINES) says which items are scraped, in
+    #: place of the item_scraped signal: id(item) -> [item, a weak reference to its page's
+    #: key (None: in flight from two pages), passes to come], for the items callbacks
+    #: yielded. Holding the item keeps its id its own; the entry of an object a pipeline
+    #: replaced stays until a sweep, and must not hold its response. None: the signal says it.
+    _yielded: dict[int, list[Any]] | None = None
+    #: id(item) -> passes, for the items the pipeline could not match to a page: the
+    #: item_scraped signal, heard from the first one on, ends their work.
+    _unmatched: dict[int, int] | None = None
+    #: Size of _yielded at which output_item drops the entries of pages done already.
+    _sweep_at = 1024
+
+    def use_item_pipeline(self) -> None:
+        """Called by CheckpointItemPipeline, last of the item pipelines: it says which items
+        are scraped (item_passed), so the extension leaves the item_scraped signal, whose
+        every receiver Scrapy runs in an asyncio Task of its own."""
+        self._yielded = {}
+        self.crawler.signals.disconnect(self.item_scraped, signals.item_scraped)
+
+    def item_passed(self, item: Any) -> None:
+        """*item* passed every item pipeline (CheckpointItemPipeline is the last): it is scraped."""
+        yielded = self._yielded
+        assert yielded is not None
+        entry = yielded.get(id(item))
+        key = None
+        if entry is not None:
+            key = None if entry[1] is None else entry[1]()
+            entry[2] -= 1
+            if not entry[2]:
+                del yielded[id(item)]
+        work = None if key is None else self._work.get(key)
+        if work is None:
+            # Not the object a callback yielded (an earlier pipeline returned another one, or
+            # start() yielded it), or one that two pages yielded: the response the
+            # item_scraped signal carries tells its page.
+            unmatched = self._unmatched
+            if unmatched is None:
+                logger.debug("An item reached CheckpointItemPipeline that no page in progress yielded "
+                             "(from start(), or a new object from a pipeline): listening to item_scraped")
+                unmatched = self._unmatched = {}
+                self.crawler.signals.connect(self.item_scraped, signals.item_scraped)
+            unmatched[id(item)] = unmatched.get(id(item), 0) + 1
+            return
+        work.scraped.append(item)
+        work.items -= 1
+        self._maybe_processed(key, work)
+        self._added()
+
     def item_scraped(self, item: Any, response: Response | Failure | None) -> None:
+        if self._yielded is not None:
+            # The pipeline ended the work of the others.
+            unmatched = self._unmatched
+            left = unmatched.get(id(item)) if unmatched else None
+            if left is None:
+                return
+            if left > 1:
+                unmatched[id(item)] = left - 1
+            else:
+                del unmatched[id(item)]
         work = self._work.get(response)
         if work is None:  # no page to wait for (an item yielded by start())
             self._record_items((item,))
@@ -828,7 +909,15 @@ class CheckpointExtension:
         if self._feeds is not None:
             self._feeds.export(items)
 
-    def item_done(self, response: Response | Failure | None) -> None:
+    def item_done(self, response: Response | Failure | None, item: Any = None) -> None:
+        """An item left the item pipelines (item_dropped, or from item_scraped and item_failed)."""
+        yielded = self._yielded
+        if yielded and item is not None:
+            entry = yielded.get(id(item))
+            if entry is not None and (entry[1] is None or entry[1]() is response):
+                entry[2] -= 1
+                if not entry[2]:
+                    del yielded[id(item)]
         work = self._work.get(response)
         if work is not None:
             work.items -= 1
@@ -841,7 +930,7 @@ class CheckpointExtension:
         work = self._work.get(response)
         if work is not None:
             work.failed = True
-        self.item_done(response)
+        self.item_done(response, item)
 
     def _maybe_processed(self, key: Any, work: _Work) -> None:
         if work.running or work.items or not work.ran:

@@ -14,8 +14,10 @@ from scrapy_checkpoint import (
     Addon,
     CheckpointDownloaderMiddleware,
     CheckpointExtension,
+    CheckpointItemPipeline,
     CheckpointSpiderMiddleware,
 )
+from scrapy_checkpoint.addon import ITEM_PIPELINE_ORDER
 
 
 class OptedIn(Spider):
@@ -41,6 +43,19 @@ def test_addon_adds_components_outermost():
         components = settings.getwithbase(name)
         order = components.pop(ours)
         assert order < min(v for v in components.values() if v is not None), name
+
+
+class Clean:
+    def process_item(self, item):
+        return item
+
+
+def test_addon_adds_the_item_pipeline_last():
+    """An item that reaches it has passed every pipeline: it is scraped."""
+    clean = f"{__name__}.Clean"
+    settings = crawler_with_addon(ITEM_PIPELINES={clean: 1000}).settings
+    assert settings.getdict("ITEM_PIPELINES") == {clean: 1000, CheckpointItemPipeline: ITEM_PIPELINE_ORDER}
+    assert ITEM_PIPELINE_ORDER > 1000
 
 
 def test_addon_respects_user_order():
@@ -87,12 +102,12 @@ def test_invalid_setting_refuses_the_crawl_in_one_line(caplog):
     assert errors == ["CHECKPOINT_BATCH_SIZE (0) must be a positive whole number of events. "
                       "Set it to e.g. 500."]
     assert crawler.get_extension(CheckpointExtension).misconfigured
-    for mw in (CheckpointSpiderMiddleware, CheckpointDownloaderMiddleware):
+    for mw in (CheckpointSpiderMiddleware, CheckpointDownloaderMiddleware, CheckpointItemPipeline):
         with pytest.raises(NotConfigured):
             build_from_crawler(mw, crawler)
 
 
-@pytest.mark.parametrize("mw", [CheckpointSpiderMiddleware, CheckpointDownloaderMiddleware])
+@pytest.mark.parametrize("mw", [CheckpointSpiderMiddleware, CheckpointDownloaderMiddleware, CheckpointItemPipeline])
 def test_middlewares_need_the_extension(mw):
     crawler = crawler_with_addon()
     with pytest.raises(NotConfigured):

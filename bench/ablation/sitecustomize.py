@@ -11,6 +11,8 @@ has one. ``bench/overhead.py --ablate PARTS`` puts this folder on ``PYTHONPATH``
   request is ever marked processed);
 - ``passthrough``: ``process_spider_output`` passes the output through and tracks nothing:
   the cost of the async middleware layer Scrapy builds around it;
+- ``item_pipeline``: no ``CheckpointItemPipeline`` (``NotConfigured``): the extension hears
+  ``item_scraped``, as in a crawl configured by hand without the pipeline;
 - ``signal:<name>``: the extension does not connect to that signal (``signal:item_scraped``);
 - ``signals``: nor to any of request_scheduled, request_dropped, item_scraped, item_dropped,
   item_error.
@@ -53,6 +55,16 @@ if _ABLATE:
         del middlewares.CheckpointSpiderMiddleware.process_spider_output
         del middlewares.CheckpointSpiderMiddleware.process_spider_exception
 
+    if "item_pipeline" in _ABLATE:
+        from scrapy.exceptions import NotConfigured
+
+        from scrapy_checkpoint import pipelines
+
+        def _not_configured(self, crawler):
+            raise NotConfigured
+
+        pipelines.CheckpointItemPipeline.__init__ = _not_configured
+
     if "passthrough" in _ABLATE:
         async def _passthrough(self, response, result):
             async for element in result:
@@ -73,3 +85,12 @@ if _ABLATE:
             return _connect(self, receiver, signal, **kwargs)
 
         SignalManager.connect = _connect_unless_skipped
+        _disconnect = SignalManager.disconnect
+
+        def _disconnect_unless_skipped(self, receiver, signal, **kwargs):
+            owner = getattr(receiver, "__self__", None)
+            if signal in _skipped and isinstance(owner, extension.CheckpointExtension):
+                return None
+            return _disconnect(self, receiver, signal, **kwargs)
+
+        SignalManager.disconnect = _disconnect_unless_skipped
