@@ -97,3 +97,10 @@ def redis_url(redis_server):
     with redis.Redis.from_url(url) as client:
         client.flushdb()
     return url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    """A client of the empty database of ``redis_url``."""
+    with redis.Redis.from_url(redis_url) as client:
+        yield client

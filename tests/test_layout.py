@@ -7,7 +7,6 @@ import sqlite3
 
 import demo_support
 import pytest
-import redis
 
 from scrapy_checkpoint.exceptions import CheckpointError, StoreLayoutError
 from scrapy_checkpoint.stores import SQLiteCheckpointStore
@@ -23,12 +22,6 @@ REDIS_PREFIX = stores.TestRedisStore.PREFIX
 
 
 @pytest.fixture
-def client(redis_url):
-    with redis.Redis.from_url(redis_url) as client:
-        yield client
-
-
-@pytest.fixture
 def mongo_db(mongo_uri_db):
     from pymongo import MongoClient
 
@@ -37,8 +30,8 @@ def mongo_db(mongo_uri_db):
         yield mongo[database]
 
 
-def redis_contents(client):
-    return stores.TestRedisStore.contents(client)
+def redis_contents(redis_client):
+    return stores.TestRedisStore.contents(redis_client)
 
 
 def mongo_contents(db):
@@ -87,51 +80,51 @@ class TestRedisLayout:
 
         return lambda prefix=REDIS_PREFIX: RedisCheckpointStore(redis_url, prefix, timeout=2.0)
 
-    def test_fresh_store_is_stamped_for_ever(self, make_store, client):
+    def test_fresh_store_is_stamped_for_ever(self, make_store, redis_client):
         store = make_store()
         store.open()
         store.close()
-        assert redis_contents(client) == {f"{REDIS_PREFIX}:layout".encode(): b"1"}
-        assert client.pttl(f"{REDIS_PREFIX}:layout") == -1
+        assert redis_contents(redis_client) == {f"{REDIS_PREFIX}:layout".encode(): b"1"}
+        assert redis_client.pttl(f"{REDIS_PREFIX}:layout") == -1
 
-    def test_data_without_marker_is_layout_1_and_stamped(self, make_store, client):
+    def test_data_without_marker_is_layout_1_and_stamped(self, make_store, redis_client):
         """What the version before the marker wrote: the same keys, no marker."""
         store = make_store()
         store.open()
         checkpoint_id = fill(store)
         store.close()
-        client.delete(f"{REDIS_PREFIX}:layout")
-        before = redis_contents(client)
+        redis_client.delete(f"{REDIS_PREFIX}:layout")
+        before = redis_contents(redis_client)
         store = make_store()
         store.open()
         try:
             readable(store, checkpoint_id)
         finally:
             store.close()
-        assert client.get(f"{REDIS_PREFIX}:layout") == b"1"
-        assert redis_contents(client) == {**before, f"{REDIS_PREFIX}:layout".encode(): b"1"}
+        assert redis_client.get(f"{REDIS_PREFIX}:layout") == b"1"
+        assert redis_contents(redis_client) == {**before, f"{REDIS_PREFIX}:layout".encode(): b"1"}
 
     @pytest.mark.parametrize(("marker", "found"), [(b"2", "2"), (b"1.5", "'1.5'"), (b"0", "0")])
-    def test_other_layout_refused_untouched(self, make_store, client, marker, found):
+    def test_other_layout_refused_untouched(self, make_store, redis_client, marker, found):
         store = make_store()
         store.open()
         fill(store)
         store.close()
-        client.set(f"{REDIS_PREFIX}:layout", marker)
-        before = redis_contents(client)
+        redis_client.set(f"{REDIS_PREFIX}:layout", marker)
+        before = redis_contents(redis_client)
         refused(make_store(), found, 1, f"Set CHECKPOINT_REDIS_PREFIX (now '{REDIS_PREFIX}') to another prefix")
-        assert redis_contents(client) == before
+        assert redis_contents(redis_client) == before
         # Another prefix is another store.
         other = make_store("elsewhere")
         other.open()
         other.close()
-        assert client.get("elsewhere:layout") == b"1"
+        assert redis_client.get("elsewhere:layout") == b"1"
 
-    def test_marker_of_another_type_refused(self, make_store, client):
-        client.hset(f"{REDIS_PREFIX}:layout", "layout", "1")
-        before = redis_contents(client)
+    def test_marker_of_another_type_refused(self, make_store, redis_client):
+        redis_client.hset(f"{REDIS_PREFIX}:layout", "layout", "1")
+        before = redis_contents(redis_client)
         refused(make_store(), "'a hash key'", 1)
-        assert redis_contents(client) == before
+        assert redis_contents(redis_client) == before
 
     def test_message_hides_the_password(self):
         from scrapy_checkpoint.stores.redis import RedisCheckpointStore
@@ -199,28 +192,28 @@ class TestHybridLayout:
     PREFIX = stores.HYBRID_PREFIX
     make_store = stores.TestHybridStore.make_store
 
-    def test_fresh_store_stamps_both(self, make_store, client, mongo_db):
+    def test_fresh_store_stamps_both(self, make_store, redis_client, mongo_db):
         store = make_store()
         store.open()
         store.close()
-        assert client.get(f"{self.PREFIX}:layout") == b"1"
+        assert redis_client.get(f"{self.PREFIX}:layout") == b"1"
         assert list(mongo_db["checkpoint_layout"].find()) == [{"_id": "layout", "layout": 1}]
 
     @pytest.mark.parametrize("newer", ["redis", "mongodb"])
-    def test_one_store_refused_leaves_both_untouched(self, make_store, client, mongo_db, newer):
+    def test_one_store_refused_leaves_both_untouched(self, make_store, redis_client, mongo_db, newer):
         """Both start empty but for the newer store's marker: the other is not stamped, no
         collection is made."""
         if newer == "redis":
-            client.set(f"{self.PREFIX}:layout", b"2")
+            redis_client.set(f"{self.PREFIX}:layout", b"2")
         else:
             mongo_db["checkpoint_layout"].insert_one({"_id": "layout", "layout": 2})
-        before = redis_contents(client), mongo_contents(mongo_db)
+        before = redis_contents(redis_client), mongo_contents(mongo_db)
         store = make_store()
         # The one of the two that holds the newer layout, and how to point at another.
         side, advice = ((store.redis.store, "CHECKPOINT_REDIS_PREFIX (now 'test-hybrid')") if newer == "redis"
                         else (store.mongodb.store, "CHECKPOINT_MONGO_DATABASE"))
         refused(store, "2", 1, advice, where=side.describe())
-        assert (redis_contents(client), mongo_contents(mongo_db)) == before
+        assert (redis_contents(redis_client), mongo_contents(mongo_db)) == before
 
 
 class TestSQLiteLayout:
@@ -245,7 +238,7 @@ class TestSQLiteLayout:
             store.close()
 
 
-def test_migration_steps_run_in_order_and_stamp_each(redis_url, client, monkeypatch):
+def test_migration_steps_run_in_order_and_stamp_each(redis_url, redis_client, monkeypatch):
     """The place for the next change of layout: a step from each layout to the next, run at
     open() on a store of an older layout, each stamped as it is reached."""
     from scrapy_checkpoint.stores.redis import RedisCheckpointStore
@@ -259,15 +252,15 @@ def test_migration_steps_run_in_order_and_stamp_each(redis_url, client, monkeypa
 
     monkeypatch.setattr(RedisCheckpointStore, "layout", 3)
     monkeypatch.setattr(RedisCheckpointStore, "migrations", {1: step(1), 2: step(2)})
-    client.set(f"{REDIS_PREFIX}:checkpoints", b"an index of the version before the marker")
+    redis_client.set(f"{REDIS_PREFIX}:checkpoints", b"an index of the version before the marker")
     store = RedisCheckpointStore(redis_url, REDIS_PREFIX)
     store.open()
     store.close()
     assert ran == [(1, None), (2, b"2")]
-    assert client.get(f"{REDIS_PREFIX}:layout") == b"3"
+    assert redis_client.get(f"{REDIS_PREFIX}:layout") == b"3"
     # A layout no step leads from is refused.
     monkeypatch.setattr(RedisCheckpointStore, "layout", 4)
-    client.set(f"{REDIS_PREFIX}:layout", b"0")
+    redis_client.set(f"{REDIS_PREFIX}:layout", b"0")
     refused(RedisCheckpointStore(redis_url, REDIS_PREFIX), "0", 4)
 
 
@@ -276,10 +269,10 @@ def test_migration_steps_run_in_order_and_stamp_each(redis_url, client, monkeypa
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("store", ["redis", "mongodb"])
-def test_command_prints_the_refusal_and_exits_1(tmp_path, store, redis_url, client, mongo_uri_db, mongo_db):
+def test_command_prints_the_refusal_and_exits_1(tmp_path, store, redis_url, redis_client, mongo_uri_db, mongo_db):
     if store == "redis":
         extra = {"CHECKPOINT_REDIS_URL": redis_url}
-        client.set("checkpoint:layout", b"9")
+        redis_client.set("checkpoint:layout", b"9")
         where = f"{redis_url} holds checkpoints"
     else:
         uri, database = mongo_uri_db
@@ -293,13 +286,13 @@ def test_command_prints_the_refusal_and_exits_1(tmp_path, store, redis_url, clie
 
 
 @pytest.mark.e2e
-def test_crawl_on_a_refused_redis_store_ends_with_the_error(tmp_path, shop, redis_url, client):
+def test_crawl_on_a_refused_redis_store_ends_with_the_error(tmp_path, shop, redis_url, redis_client):
     """`scrapy crawl` on a Redis prefix of a newer layout: the crawl closes at once
     (checkpoint_error, exit 1), its log says why and what to do, the store is left as it was."""
     url, _, _ = shop
-    client.set("checkpoint:layout", b"2")
-    client.zadd("checkpoint:checkpoints", {"newer-checkpoint": float("inf")})
-    before = redis_contents(client)
+    redis_client.set("checkpoint:layout", b"2")
+    redis_client.zadd("checkpoint:checkpoints", {"newer-checkpoint": float("inf")})
+    before = redis_contents(redis_client)
     code, _, crawl_log = crawl(url, tmp_path, extra={"CHECKPOINT_REDIS_URL": redis_url})
     text = crawl_log.read_text()
     errors = [line for line in text.splitlines() if " ERROR: " in line]
@@ -310,4 +303,4 @@ def test_crawl_on_a_refused_redis_store_ends_with_the_error(tmp_path, shop, redi
     assert "Traceback" not in text, text[-3000:]
     assert "'finish_reason': 'checkpoint_error'" in text and code == 1, text[-3000:]
     assert demo_support.count_lines(tmp_path / "items.jsonl") == 0
-    assert redis_contents(client) == before
+    assert redis_contents(redis_client) == before

@@ -7,7 +7,6 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import redis
 from pydantic import ValidationError
 from scrapy.settings import Settings
 
@@ -239,9 +238,8 @@ class TestRedisQueries(QueryStoreContract):
     PREFIX = stores.TestRedisStore.PREFIX
 
     @pytest.fixture
-    def client(self, redis_url):
-        with redis.Redis.from_url(redis_url) as client:
-            yield client
+    def client(self, redis_client):
+        return redis_client
 
     def test_keys_under_prefix_and_expiring(self, store, client):
         store.save_user_query(query(1), TTL)

@@ -14,7 +14,6 @@ import traceback
 from datetime import datetime, timezone
 
 import pytest
-import redis
 from pydantic import ValidationError
 from scrapy.settings import Settings
 
@@ -499,9 +498,8 @@ class TestRedisStore(StoreContract, SharedWriters):
         return lambda: RedisCheckpointStore(redis_url, self.PREFIX, timeout=2.0)
 
     @pytest.fixture
-    def client(self, redis_url):
-        with redis.Redis.from_url(redis_url) as client:
-            yield client
+    def client(self, redis_client):
+        return redis_client
 
     def ttls(self, client):
         """Each key's PTTL, but the layout marker's (kept for ever: tests/test_layout.py)."""
@@ -1256,9 +1254,8 @@ class TestHybridFaults:
             store.close()
 
     @pytest.fixture
-    def client(self, redis_url):
-        with redis.Redis.from_url(redis_url) as client:
-            yield client
+    def client(self, redis_client):
+        return redis_client
 
     def stat(self, store, name):
         return store.stats.get_value(f"checkpoint/hybrid/{name}", 0)
