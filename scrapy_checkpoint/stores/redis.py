@@ -18,6 +18,8 @@ except ImportError as exc:
     raise ImportError("RedisCheckpointStore needs redis-py: pip install 'scrapy-checkpoint[redis]'") from exc
 
 from pydantic import ValidationError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .._redact import redact_uri
 from ..exceptions import CheckpointError, CorruptCheckpointError, StoreUnavailable
@@ -30,12 +32,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _Q = TypeVar("_Q", UserQuery, QuerySession)
+_T = TypeVar("_T")
 
 #: The keys of one checkpoint, ``{prefix}:cp:{id}:{kind}``, in the order _APPLY takes them.
 _KINDS = ("record", "requests", "pending", "start", "processed", "items", "workers")
 _PAGE = 1000
 #: Set members per SSCAN round trip: a resume reads every processed fingerprint.
 _SCAN_COUNT = 10_000
+#: How long a store call waits for a Redis that is loading its dataset into memory (after a
+#: restart, say), in CHECKPOINT_STORE_TIMEOUTs: one that answers LOADING is up and will serve,
+#: and a large dump takes more than a store timeout to load.
+LOADING_TIMEOUTS = 12
+#: Seconds between two tries of a command Redis answered LOADING.
+_LOADING_POLL = 0.1
 
 # Shared by both scripts. Every check comes before the first write, because Redis does not
 # roll a script back when it fails half way: a corrupt key must leave the batch unapplied.
@@ -392,6 +401,53 @@ def _record_fields(checkpoint: Checkpoint) -> dict[str, Any]:
     return fields
 
 
+class _Loading(Exception):
+    """Redis answered LOADING: out of redis-py's retries, which would count it, into the wait."""
+
+
+class _LoadingRetry(Retry):
+    """The retry policy of the store's client. It retries what redis-py retries without one;
+    a command, pipeline or script Redis answers LOADING goes again until Redis has loaded its
+    dataset, ``loading_timeout`` seconds at most (then its BusyLoadingError goes up). Every call
+    to Redis goes through it, so that the store waits in one place. It blocks the calling
+    thread: the extension calls the store from worker threads, never from the reactor's."""
+
+    def __init__(self, store: RedisCheckpointStore, retries: int) -> None:
+        super().__init__(NoBackoff(), retries)
+        self._store = store
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _LoadingRetry:
+        # redis-py copies the policy into each connection: all of them wait for the one store.
+        twin = _LoadingRetry(self._store, self._retries)
+        twin._supported_errors = self._supported_errors
+        return twin
+
+    def call_with_retry(self, do: Callable[[], _T], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> _T:
+        def failed(error: Exception, *more: Any) -> None:
+            if not isinstance(error, redis.BusyLoadingError):
+                return fail(error, *more)
+            try:
+                fail(error, *more)  # closes the connection: a pipeline leaves replies unread on it
+            except redis.BusyLoadingError:
+                pass  # redis-py 5 raises it again, as any error the connection is not set to retry
+            raise _Loading from error
+
+        started = None
+        try:
+            while True:
+                try:
+                    return super().call_with_retry(do, failed, *args, **kwargs)
+                except _Loading as exc:
+                    error = exc.__cause__
+                if started is None:
+                    started = time.monotonic()
+                if not self._store._wait_for_loading(started):
+                    raise error
+        finally:
+            if started is not None:
+                self._store._done_waiting()
+
+
 class RedisCheckpointStore(CheckpointStore):
     """Checkpoints in Redis, every key under ``CHECKPOINT_REDIS_PREFIX:``.
 
@@ -406,6 +462,9 @@ class RedisCheckpointStore(CheckpointStore):
 
     A batch is one EVALSHA: Redis runs the script alone, so other clients see all of the
     batch or none of it.
+
+    A Redis loading its dataset (LOADING, after a restart) is waited for, ``loading_timeout``
+    seconds at most; then it is unavailable (StoreUnavailable), as one that does not answer.
     """
 
     name = "redis"
@@ -418,6 +477,10 @@ class RedisCheckpointStore(CheckpointStore):
         self._all = f"{prefix}:checkpoints"
         self._layout_key = f"{prefix}:layout"
         self._client: redis.Redis | None = None
+        self.loading_timeout = timeout * LOADING_TIMEOUTS
+        #: Whether a call waits for a loading Redis, and said so.
+        self._loading_logged = False
+        self._loading_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint_settings(cls, settings: CheckpointSettings) -> RedisCheckpointStore:
@@ -439,6 +502,11 @@ class RedisCheckpointStore(CheckpointStore):
             raise ValueError(
                 f"CHECKPOINT_REDIS_URL ({self.describe()}) must be a redis:// or rediss:// URL."
             ) from None
+        # Without a policy, redis-py retries once when the URL asks it to (retry_on_timeout,
+        # retry_on_error), else never: so does this one.
+        options = client.connection_pool.connection_kwargs
+        retries = 1 if options.get("retry_on_timeout") or options.get("retry_on_error") else 0
+        client.set_retry(_LoadingRetry(self, retries))
         try:
             with self._errors():
                 client.ping()
@@ -501,6 +569,30 @@ class RedisCheckpointStore(CheckpointStore):
             raise RuntimeError(f"{self.describe()} is not open")
         return self._client
 
+    def _wait_for_loading(self, started: float) -> bool:
+        """A call that met LOADING, waiting since *started*: False once it has waited
+        ``loading_timeout``; else it waits a little, to try again (True). The first to wait
+        says so."""
+        left = started + self.loading_timeout - time.monotonic()
+        if left <= 0:
+            return False
+        with self._loading_lock:
+            first, self._loading_logged = not self._loading_logged, True
+        if first:
+            logger.info(
+                "Redis at %(store)s is loading its dataset into memory: checkpoint store calls wait "
+                "for it, %(timeout)g s at most (%(n)d x CHECKPOINT_STORE_TIMEOUT)",
+                {"store": self.describe(), "timeout": self.loading_timeout, "n": LOADING_TIMEOUTS},
+            )
+        time.sleep(min(_LOADING_POLL, left))
+        return True
+
+    def _done_waiting(self) -> None:
+        """A call that waited for a loading Redis got through, or gave up: the next to wait
+        says so again (a call that gave up ends a wait of ``loading_timeout``)."""
+        with self._loading_lock:
+            self._loading_logged = False
+
     @contextmanager
     def _errors(self, checkpoint_id: str | None = None) -> Iterator[None]:
         """redis-py's errors as the store's: unreachable, or a checkpoint that is corrupt."""
@@ -511,6 +603,12 @@ class RedisCheckpointStore(CheckpointStore):
             raise CheckpointError(
                 f"Redis at {self.describe()} refused the login ({type(exc).__name__}: {exc}); "
                 "check the user and password in CHECKPOINT_REDIS_URL."
+            ) from exc
+        except redis.BusyLoadingError as exc:  # past loading_timeout
+            waited = (f" after {self.loading_timeout:g} s ({LOADING_TIMEOUTS} x CHECKPOINT_STORE_TIMEOUT)"
+                      if self.loading_timeout else "")
+            raise StoreUnavailable(
+                f"Redis at {self.describe()} is still loading its dataset into memory{waited}"
             ) from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis at {self.describe()} is unavailable: {exc}") from exc
