@@ -1201,6 +1201,25 @@ class TestHybridStore(StoreContract, SharedWriters):
         assert set(store.workers("a")) == {"w1"}
 
 
+def hybrid_store(redis_url, mongo_uri_db, **kwargs):
+    """A hybrid store with short timeouts that retries a store that failed at every write
+    (retry_interval 0), with a stats collector; not opened yet."""
+    from scrapy.utils.test import get_crawler
+
+    from scrapy_checkpoint.stores.hybrid import HybridCheckpointStore
+    from scrapy_checkpoint.stores.mongodb import MongoDBCheckpointStore
+    from scrapy_checkpoint.stores.redis import RedisCheckpointStore
+
+    kwargs.setdefault("retry_interval", 0.0)
+    store = HybridCheckpointStore(
+        RedisCheckpointStore(redis_url, HYBRID_PREFIX, timeout=0.5),
+        MongoDBCheckpointStore(*mongo_uri_db, timeout=0.5),
+        **kwargs,
+    )
+    store.stats = get_crawler().stats
+    return store
+
+
 def _agreed(store, checkpoint_id):
     """What two stores holding the same batches agree on (not their timestamps)."""
     got = store.get(checkpoint_id)
@@ -1230,22 +1249,10 @@ class TestHybridFaults:
 
     @pytest.fixture
     def make_hybrid(self, servers, redis_url, mongo_uri_db):
-        from scrapy.utils.test import get_crawler
-
-        from scrapy_checkpoint.stores.hybrid import HybridCheckpointStore
-        from scrapy_checkpoint.stores.mongodb import MongoDBCheckpointStore
-        from scrapy_checkpoint.stores.redis import RedisCheckpointStore
-
         made = []
 
         def make(**kwargs):
-            kwargs.setdefault("retry_interval", 0.0)
-            store = HybridCheckpointStore(
-                RedisCheckpointStore(redis_url, HYBRID_PREFIX, timeout=0.5),
-                MongoDBCheckpointStore(*mongo_uri_db, timeout=0.5),
-                **kwargs,
-            )
-            store.stats = get_crawler().stats
+            store = hybrid_store(redis_url, mongo_uri_db, **kwargs)
             made.append(store)
             store.open()
             return store

@@ -19,7 +19,7 @@ except ImportError as exc:
     ) from exc
 
 from .._redact import scrub, secrets_of
-from ..exceptions import CheckpointError, CorruptCheckpointError, StoreUnavailable
+from ..exceptions import CheckpointError, CorruptCheckpointError, StoreLayoutError, StoreUnavailable
 from ..models import Batch, Checkpoint, QuerySession, UserQuery
 from .base import CheckpointStore, StatusFilter, statuses
 from .mongodb import MongoDBCheckpointStore
@@ -56,6 +56,9 @@ class _Side:
     down: bool = False
     #: While down, it is not tried again before this time.monotonic() value.
     retry_at: float = 0.0
+    #: Why it is out of the crawl for good (it answered again holding a layout this version
+    #: refuses): it is never asked nor written again. None while it is not.
+    refused: str | None = None
     replayed: int = 0
 
 
@@ -93,7 +96,9 @@ class HybridCheckpointStore(CheckpointStore):
     a no-op. While one of them is unreachable the other goes on alone, and the writes the
     first misses wait in its backlog (CHECKPOINT_BUFFER_LIMIT events at most), replayed in
     order when it answers again. A store that lost a checkpoint, or missed more than its
-    backlog holds, is stale for that checkpoint: it gets no more of its writes.
+    backlog holds, is stale for that checkpoint: it gets no more of its writes. A store that
+    was down at open() and answers holding a layout this version refuses is left as it is, and
+    out of the crawl: the other goes on alone.
 
     Reads take the record with the higher ``seq`` (Redis on a tie) and serve the URL sets and
     items of that checkpoint from the store that holds it.
@@ -164,6 +169,7 @@ class HybridCheckpointStore(CheckpointStore):
                     self._down(side, exc)
                 else:
                     side.retry_at = 0.0  # replay its backlog at the next write
+                    side.refused = None  # its layout is this version's now
                     opened += 1
             if not opened:
                 raise StoreUnavailable(f"Neither store of {self.describe()} is available")
@@ -206,7 +212,7 @@ class HybridCheckpointStore(CheckpointStore):
 
     def _send(self, side: _Side, checkpoint_id: str, entry: Checkpoint | Batch, ttl: float) -> str:
         caught_up = not side.down or self._catch_up(side)
-        if checkpoint_id in side.stale:
+        if side.refused or checkpoint_id in side.stale:
             return _SKIPPED
         if not caught_up:
             return _MISSED
@@ -223,7 +229,7 @@ class HybridCheckpointStore(CheckpointStore):
             checkpoint_id, entry, ttl = side.backlog[0]
             if checkpoint_id not in side.stale:
                 outcome = self._put(side, checkpoint_id, entry, ttl)
-                if outcome == _MISSED:
+                if outcome == _MISSED or side.refused:  # refused: its backlog is gone
                     return False
                 if outcome == _LANDED:
                     side.replayed += 1
@@ -236,14 +242,14 @@ class HybridCheckpointStore(CheckpointStore):
 
     def _put(self, side: _Side, checkpoint_id: str, entry: Checkpoint | Batch, ttl: float) -> str:
         try:
-            side.store.open()  # no-op when open; connects a store that was down at open()
+            self._open(side)
             if isinstance(entry, Batch):
                 side.store.apply(checkpoint_id, entry, ttl)
             else:
                 side.store.create(entry)
         except _UNAVAILABLE as exc:
             self._down(side, exc)
-            return _MISSED
+            return _SKIPPED if side.refused else _MISSED
         except KeyError:
             self._stale(side, checkpoint_id, "no longer holds it (restarted empty, or expired)",
                         self._missed(side, checkpoint_id, entry))
@@ -277,6 +283,43 @@ class HybridCheckpointStore(CheckpointStore):
                         sorted(b.seq for b in batches if b.writer is None), sum(b.writer is not None for b in batches))
 
     # -- the state of each store -----------------------------------------------------------
+
+    def _open(self, side: _Side) -> None:
+        """Connect *side*, down at open() (a no-op once it is connected). One that answers
+        holding a layout this version refuses is out of the crawl: StoreUnavailable, then and
+        from then on, without asking it again."""
+        if side.refused is None:
+            try:
+                side.store.open()
+                return
+            except StoreLayoutError as exc:  # open() wrote nothing to it
+                self._refuse(side, exc)
+        raise StoreUnavailable(f"{side.label} is out of this crawl: {side.refused}")
+
+    def _refuse(self, side: _Side, exc: StoreLayoutError) -> None:
+        """*side* answered again holding another version's layout: it gets nothing more, not
+        even another try (every flush would meet the same refusal)."""
+        with self._lock:
+            side.refused = scrub(str(exc), self._secrets)
+            side.down = True
+            other = self.redis if side is self.mongodb else self.mongodb
+            self._inc(f"checkpoint/hybrid/{side.store.name}_refused")
+            logger.error(
+                "%(label)s answers again but is refused: %(refusal)s It gets nothing more of this crawl, "
+                "whose checkpoints go on in %(other)s at %(other_store)s alone%(expiry)s. Until that is "
+                "done, a crawl with these settings does not start.",
+                {"label": side.label, "refusal": side.refused, "other": other.label,
+                 "other_store": other.store.describe(),
+                 "expiry": ", which expires them CHECKPOINT_TTL after their last write" if other is self.redis
+                 else ""},
+            )
+            if side is self.mongodb:  # what it missed is in Redis only now: said per checkpoint
+                for checkpoint_id in dict.fromkeys(c for c, _, _ in side.backlog if c not in side.stale):
+                    self._stale(side, checkpoint_id, "holds another version's layout",
+                                self._missed(side, checkpoint_id))
+            # Redis's backlog is all in MongoDB: a write that reached neither store is not kept.
+            side.backlog.clear()
+            side.events = 0
 
     def _down(self, side: _Side, exc: Exception) -> None:
         with self._lock:
@@ -343,7 +386,7 @@ class HybridCheckpointStore(CheckpointStore):
                 errors.append(StoreUnavailable(f"{side.label} at {side.store.describe()} is unavailable"))
                 continue
             try:
-                side.store.open()
+                self._open(side)
                 answers.append((side, read(side.store)))
             except _UNAVAILABLE as exc:
                 self._down(side, exc)
@@ -438,7 +481,7 @@ class HybridCheckpointStore(CheckpointStore):
         return self._coordinate(lambda store: store.workers(checkpoint_id))
 
     def _coordinate(self, call: Callable[[RedisCheckpointStore], _T]) -> _T:
-        self._coordinator.open()  # no-op when open; connects a store that was down at open()
+        self._open(self.redis)
         return call(self._coordinator)
 
     def _source(self, checkpoint_id: str, fresh: bool = False) -> CheckpointStore:
@@ -514,10 +557,12 @@ class HybridCheckpointStore(CheckpointStore):
         down: list[str] = []
         for side in (self.mongodb, self.redis):
             try:
-                side.store.open()
+                self._open(side)
                 deleted = delete(side.store) or deleted
             except _UNAVAILABLE as exc:
-                down.append(f"{side.label} at {side.store.describe()} ({self._text(exc)})")
+                # This version never reads a refused store: a copy left there cannot come back.
+                if not side.refused:
+                    down.append(f"{side.label} at {side.store.describe()} ({self._text(exc)})")
         if down:
             raise StoreUnavailable(
                 f"{what} may still be in {' and '.join(down)}: delete it again once the store answers")
@@ -535,10 +580,10 @@ class HybridCheckpointStore(CheckpointStore):
         with self._lock:
             saved = False
             for side in (self.mongodb, self.redis):
-                if side.down and time.monotonic() < side.retry_at:
+                if side.refused or (side.down and time.monotonic() < side.retry_at):
                     continue
                 try:
-                    side.store.open()
+                    self._open(side)
                     side.store._save_query_record(record, ttl)
                     saved = True
                 except _UNAVAILABLE as exc:
