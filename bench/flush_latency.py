@@ -125,6 +125,9 @@ class Workload:
         self.seq = 0
         self.page = 0
         self.part = 0  # the next event of the current page: 0 discover, 1 process, 2 item
+        #: Where each page not processed yet was discovered, as the extension keeps it in the
+        #: request's meta (RECORD_META) and sends it with the processed mark.
+        self.positions: dict[int, int] = {}
 
     @property
     def records(self) -> int:
@@ -151,11 +154,14 @@ class Workload:
                 if stop_records is not None and page >= stop_records:
                     break
                 url = self.url(page)
+                self.positions[page] = batch.next_position
                 batch.discovered.append(DiscoveredRequest(self.fingerprint(page), url, self.request(url)))
                 count += 1
             elif part == 1:
                 if page >= self.lag:
-                    batch.processed.append(self.fingerprint(page - self.lag))
+                    done = self.fingerprint(page - self.lag)
+                    batch.processed.append(done)
+                    batch.positions[done] = self.positions.pop(page - self.lag)
                     count += 1
             else:
                 items += 1
@@ -626,39 +632,24 @@ def sqlite_delete(contender: Contender, probe_size: int, probe_pause: float) -> 
     key = own.execute("SELECT id FROM checkpoints WHERE checkpoint_id = ?", (cid,)).fetchone()[0]
     result: dict[str, Any] = {"file_bytes": sum(p.stat().st_size for p in path.parent.glob(path.name + "*")
                                                 if not p.name.endswith("-shm"))}
+    # Each table's pages (dbstat) shared out among checkpoints by their rows' bytes (cell and
+    # page overhead in proportion); 12 bytes a row stand for the record header and the integers.
+    tables = {"pending": "12 + LENGTH(fingerprint) + LENGTH(CAST(url AS BLOB)) + LENGTH(request)",
+              "processed": "12 + LENGTH(fingerprint)"}
     with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
-        # Every row's bytes, by kind: the table's pages are shared out by them (cell and
-        # page overhead in proportion); 12 bytes a row stand for the record header and the
-        # integer columns.
-        rows = {(mine, processed): (n, size) for mine, processed, n, size in db.execute(
-            "SELECT checkpoint = ?, processed, COUNT(*), SUM(12 + LENGTH(fingerprint)"
-            " + COALESCE(LENGTH(CAST(url AS BLOB)), 0) + COALESCE(LENGTH(request), 0))"
-            " FROM requests GROUP BY 1, 2", (key,))}
-        pages = {name: (n, size) for name, n, size in db.execute(
-            "SELECT name, COUNT(*), SUM(pgsize) FROM dbstat WHERE name IN ('requests', 'requests_pending')"
-            " GROUP BY name")}
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        null_urls = db.execute("SELECT COUNT(*) FROM requests WHERE checkpoint = ? AND processed = 1"
-                               " AND url IS NOT NULL", (key,)).fetchone()[0]
-        bodies = db.execute("SELECT COUNT(*) FROM requests WHERE checkpoint = ? AND processed = 1"
-                            " AND request IS NOT NULL", (key,)).fetchone()[0]
-    table = pages.get("requests", (0, 0))[1]
-    index = pages.get("requests_pending", (0, 0))[1]
-    total_row_bytes = sum(size for _, size in rows.values()) or 1
-    pending_all = sum(n for (mine, processed), (n, _) in rows.items() if not processed) or 1
-    processed_n, processed_size = rows.get((1, 1), (0, 0))
-    pending_n, pending_size = rows.get((1, 0), (0, 0))
-    result.update(
-        processed=processed_n, pending=pending_n, page_size=page_size,
-        table_bytes=table, index_bytes=index, table_pages=pages.get("requests", (0, 0))[0],
-        processed_with_url=null_urls, processed_with_body=bodies,
-        processed_row_bytes=round(processed_size / processed_n, 1) if processed_n else None,
-        pending_row_bytes=round(pending_size / pending_n, 1) if pending_n else None,
-        bytes_per_processed=round(table * processed_size / total_row_bytes / processed_n, 1) if processed_n else None,
-        # The partial index holds pending rows only.
-        bytes_per_pending=round((table * pending_size / total_row_bytes + index * pending_n / pending_all)
-                                / pending_n, 1) if pending_n else None,
-    )
+        for table, row_bytes in tables.items():
+            rows = dict(((mine, (n, size)) for mine, n, size in db.execute(
+                f"SELECT checkpoint = ?, COUNT(*), SUM({row_bytes}) FROM {table} GROUP BY 1", (key,))))
+            pages, table_bytes = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name = ?", (table,)).fetchone()
+            n, size = rows.get(1, (0, 0))
+            total = sum(size for _, size in rows.values()) or 1
+            result[table] = n
+            result[f"{table}_pages"] = pages
+            result[f"{table}_row_bytes"] = round(size / n, 1) if n else None
+            result[f"bytes_per_{table}"] = round(table_bytes * size / total / n, 1) if n else None
+    result["page_size"] = page_size
     prober = SQLiteCheckpointStore(path, timeout=PREFILL_TIMEOUT)
     prober.open()
     waits: list[tuple[float, float]] = []  # (start, seconds) of each probe apply
@@ -697,7 +688,8 @@ def sqlite_delete(contender: Contender, probe_size: int, probe_pause: float) -> 
     before = [s for t, s in waits if t + s < started]
     # A probe apply waits behind the delete when it overlaps it at all.
     during = [s for t, s in waits if t < ended and t + s > started]
-    left = own.execute("SELECT COUNT(*) FROM requests WHERE checkpoint = ?", (key,)).fetchone()[0]
+    left = sum(own.execute(f"SELECT COUNT(*) FROM {table} WHERE checkpoint = ?", (key,)).fetchone()[0]
+               for table in tables)
     result.update(
         delete_s=round(ended - started, 3), rows_left=left, gone=store.get(cid) is None,
         probe_n=len(during), probe_before_max_ms=round(max(before) * 1000, 2) if before else None,
@@ -740,22 +732,21 @@ def print_deletes(deletes: list[dict[str, Any]], request_bytes: int) -> None:
 
 
 def print_sqlite_deletes(deletes: list[dict[str, Any]]) -> None:
-    print("\nSQLite storage (dbstat: pages of the requests table, shared out by row bytes, and of its "
-          "pending index) and delete of the prefilled checkpoint while another store instance on the same "
-          "file applies small batches")
+    print("\nSQLite storage (dbstat: pages of the pending and processed tables, shared out by row bytes) "
+          "and delete of the prefilled checkpoint while another store instance on the same file applies "
+          "small batches")
     print("probe: those applies that overlapped the delete (max = the longest a crawl waited); before max: "
-          "the longest in the 2 s before it; url/body: processed rows still holding a url / a request body")
+          "the longest in the 2 s before it")
     print(f"{'store':<9}{'prefill':>11}{'processed':>12}{'B/proc':>8}{'pending':>11}{'B/pend':>9}{'file MB':>9}"
-          f"{'url':>12}{'body':>6}{'delete s':>10}{'probe n':>9}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}"
-          f"{'before max':>11}{'left':>6}")
+          f"{'delete s':>10}{'probe n':>9}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}{'before max':>11}{'left':>6}")
     for row in deletes:
         head = f"{row['store']:<9}{row['prefill']:>11,}"
         if "error" in row:
             print(f"{head}  n/a ({row['error']})")
             continue
         print(f"{head}{row['processed']:>12,}{fmt_ms(row['bytes_per_processed']):>8}{row['pending']:>11,}"
-              f"{fmt_ms(row['bytes_per_pending']):>9}{row['file_bytes'] / 1e6:>9,.0f}{row['processed_with_url']:>12,}"
-              f"{row['processed_with_body']:>6,}{row['delete_s']:>10.2f}{row['probe_n']:>9}"
+              f"{fmt_ms(row['bytes_per_pending']):>9}{row['file_bytes'] / 1e6:>9,.0f}"
+              f"{row['delete_s']:>10.2f}{row['probe_n']:>9}"
               f"{fmt_ms(row['probe_p50_ms']):>10}{fmt_ms(row['probe_p99_ms']):>10}{fmt_ms(row['probe_max_ms']):>10}"
               f"{fmt_ms(row['probe_before_max_ms']):>11}{row['rows_left']:>6}"
               + (f"  probe error: {row['probe_error']}" if "probe_error" in row else ""))
@@ -907,11 +898,16 @@ def main(argv: list[str] | None = None) -> int:
                     contender.workload = Workload(template, args.lag)
                     print(f"prefill {kind} to {level:,} records", file=sys.stderr)
                     prefill(contender, level, args, slow_rates, workdir, services, tag)
+                    if kind == "sqlite" and level and not contender.skipped:
+                        # A prefill writes hundreds of MB back to back, as no crawl does: its WAL
+                        # is copied back first, not by the checkpointing thread during the cell.
+                        contender.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[attr-defined]
                     if kind == "sqlite" and args.sqlite_cache_kib and not contender.skipped:
                         # A cache larger than the default is measured warm, as a long crawl's
                         # would be: the table read once through the measured connection.
                         contender.store.db.execute(  # type: ignore[attr-defined]
-                            "SELECT SUM(LENGTH(request)) FROM requests").fetchone()
+                            "SELECT (SELECT SUM(LENGTH(request)) FROM pending), (SELECT COUNT(*) FROM processed)"
+                        ).fetchone()
                     prefills.append({"store": kind, "prefill": level, "skipped": contender.skipped,
                                      **contender.extra})
                     if contender.skipped:

@@ -57,6 +57,11 @@ CHECKPOINT_ERROR = "checkpoint_error"
 #: The request meta key of a scrapy-redis lease (distributed.LEASE_META, which needs scrapy-redis).
 LEASE_META = "checkpoint_lease"
 
+#: The request meta key of where a request is recorded: (checkpoint id, position, fingerprint).
+#: Saved with the request, so a restored one has it too; copies (a retry, or a request made
+#: with ``meta=response.meta``) carry it along, and the fingerprint tells whether it is theirs.
+RECORD_META = "_checkpoint_record"
+
 #: Close reasons after which a checkpoint stays ``active``: the crawl was stopped, not broken.
 STOPPED_REASONS = frozenset({
     "shutdown",
@@ -172,6 +177,8 @@ class CheckpointExtension:
         self._unconfirmed: list[tuple[Request, Sequence[Any]]] = []
         self._work: dict[Any, _Work] = {}
         self._last_discovered: Request | None = None
+        #: The first part of RECORD_META: the checkpoint (and worker) whose positions it gives.
+        self._record_tag: str | None = None
         self._warned: set[str] = set()
         self._saved_state: dict[str, Any] = {}
         #: The feeds written in step with the checkpoint, when FEEDS has any.
@@ -310,6 +317,7 @@ class CheckpointExtension:
         else:
             self.metrics.checkpoint_created()
         self.checkpoint = checkpoint
+        self._record_tag = self._writer_key(checkpoint)
         if resumed:
             self._restore_started(checkpoint)
         data = checkpoint.pipeline_data
@@ -415,14 +423,15 @@ class CheckpointExtension:
         checkpoint = Checkpoint.new(ttl=self.settings.ttl, spider=name, site_domain=site, job_type=job, **fields)
         self.runs.begin(checkpoint)
         if self._feeds is not None:
-            outputs = self._feeds.initial_state(spider, self._feeds_key(checkpoint), self.settings.directory)
+            outputs = self._feeds.initial_state(spider, self._writer_key(checkpoint), self.settings.directory)
             if self.worker is None:
                 checkpoint.pipeline_data.outputs = outputs
         return checkpoint
 
-    def _feeds_key(self, checkpoint: Checkpoint) -> str:
-        """Where feeds held for delivery live under CHECKPOINT_DIR/feeds/: each worker sharing
-        a checkpoint has its own."""
+    def _writer_key(self, checkpoint: Checkpoint) -> str:
+        """This process's own name in *checkpoint*: the checkpoint id, with the worker's name
+        when several share it. Feeds held for delivery live under CHECKPOINT_DIR/feeds/<it>,
+        and RECORD_META names whose positions it gives."""
         if self.worker is None:
             return checkpoint.checkpoint_id
         return f"{checkpoint.checkpoint_id}/{self.worker.name.replace(':', '-')}"
@@ -492,7 +501,7 @@ class CheckpointExtension:
                 continue
             if not (alive[writer] and _process_exists(info.get("pid", 0))):
                 left[entry["feed"]] = entry
-        key = self._feeds_key(checkpoint)
+        key = self._writer_key(checkpoint)
         if not left:
             self._feeds.initial_state(spider, key, self.settings.directory)
             return
@@ -750,29 +759,54 @@ class CheckpointExtension:
         fp = self.fingerprint(request)
         if self._processed_before is not None and fp in self._processed_before and not request.dont_filter:
             self.stats.inc_value("checkpoint/skipped/processed")
+            if self._reseeding:
+                self._supersede(request, fp)
             raise IgnoreRequest
-        if self._reseeding:
-            return  # restored: pending in the store already
+        if self._reseeding or self._recorded_at(request, fp) is not None:
+            return  # restored, or a retry: pending in the store already
+        batch = self._batch
+        meta = request.meta
+        if self.store.by_position:
+            meta[RECORD_META] = (self._record_tag, batch.next_position, fp)
         try:
             data = self.serializer.dumps(request)
         except Exception as exc:
+            meta.pop(RECORD_META, None)  # never recorded: its processed mark says so
             self._warn_once(
                 "unserializable", exc,
                 "A request cannot be saved in the checkpoint (it will not survive a kill)",
             )
             return
-        self._batch.discovered.append(
-            DiscoveredRequest(fp, request.url, data, bool(request.meta.get("is_start_request")))
-        )
+        batch.discovered.append(DiscoveredRequest(fp, request.url, data, bool(meta.get("is_start_request"))))
         self._last_discovered = request
+        self._added()
+
+    def _recorded_at(self, request: Request, fp: bytes) -> int | None:
+        """The position of *request*'s record in this checkpoint, None if it has none."""
+        mark = request.meta.get(RECORD_META)
+        if mark is None or mark[2] != fp or mark[0] != self._record_tag:
+            return None
+        return mark[1]
+
+    def _supersede(self, request: Request, fp: bytes) -> None:
+        """A restored request another record stands for (its twin, recorded in this run, or
+        its processed mark): its own record goes, from a store that keeps twins apart."""
+        if not self.store.by_position:
+            return
+        position = self._recorded_at(request, fp)
+        self._batch.superseded.append((-1 if position is None else position, fp))
         self._added()
 
     def request_dropped(self, request: Request) -> None:
         # The dupefilter refused it: its twin is recorded already.
+        if self._reseeding:
+            self._supersede(request, self.fingerprint(request))
+            return
         discovered = self._batch.discovered
         if request is self._last_discovered and discovered:
             discovered.pop()
             self._events -= 1
+            request.meta.pop(RECORD_META, None)  # its position goes to the next one
         self._last_discovered = None
 
     def work_started(self, key: Any, request: Request) -> None:
@@ -959,7 +993,11 @@ class CheckpointExtension:
         if scraped:
             self._record_items(scraped)
         batch = self._batch
-        batch.processed.append(self.fingerprint(request))
+        fp = self.fingerprint(request)
+        batch.processed.append(fp)
+        position = self._recorded_at(request, fp)
+        if position is not None:
+            batch.positions[fp] = position
         if self.leases is not None and LEASE_META in request.meta:
             batch.leases.append(request.meta[LEASE_META])
         step = request.meta.get("checkpoint_step") or self._steps.get(

@@ -151,6 +151,11 @@ class Checkpoint(_Model):
             raise CorruptCheckpointError(checkpoint_id, where, str(exc)) from exc
 
 
+#: Bits of a request's position that number it within its batch: a request's position is
+#: ``seq << POSITION_BITS`` plus its place in ``Batch.discovered``, unique in a checkpoint.
+POSITION_BITS = 32
+
+
 @dataclass(slots=True)
 class DiscoveredRequest:
     """A request that reached the scheduler, ready to be rebuilt on resume."""
@@ -192,6 +197,19 @@ class Batch:
     writer: str | None = None
     #: Dead workers whose feeds the writer took over (their saved feed states go).
     took_over: list[str] = field(default_factory=list)
+    #: Where processed requests were recorded, by fingerprint, when known: the position of
+    #: the record their discovery wrote (a store that keeps requests in discovery order
+    #: finds them by it; the others go by fingerprint).
+    positions: dict[bytes, int] = field(default_factory=dict)
+    #: Records of restored requests that another record stands for (a twin found in this
+    #: run, or the request processed already): (position, fingerprint). Stores that key
+    #: requests by fingerprint have one record for both and ignore them.
+    superseded: list[tuple[int, bytes]] = field(default_factory=list)
+
+    @property
+    def next_position(self) -> int:
+        """The position of the next request added to ``discovered``."""
+        return (self.seq << POSITION_BITS) + len(self.discovered)
 
     def __len__(self) -> int:
         return len(self.discovered) + len(self.processed) + sum(self.item_counts.values())

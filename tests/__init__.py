@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from scrapy_checkpoint.models import Batch, Checkpoint, CheckpointRun, DiscoveredRequest, utcnow
+from scrapy_checkpoint.models import POSITION_BITS, Batch, Checkpoint, CheckpointRun, DiscoveredRequest, utcnow
 
 
 def fp(n: int) -> bytes:
@@ -24,8 +24,19 @@ def new_checkpoint(**fields) -> Checkpoint:
     return Checkpoint.new(ttl=3600, **fields)
 
 
+#: Where batch() recorded each fingerprint it discovered (cleared before each test).
+POSITIONS: dict[bytes, int] = {}
+
+
 def batch(seq: int, **fields) -> Batch:
-    return Batch(seq=seq, **fields)
+    """A batch as the extension makes it: a processed request carries the position of the
+    record its discovery wrote, in an earlier batch of the test (RECORD_META)."""
+    made = Batch(seq=seq, **fields)
+    for i, r in enumerate(made.discovered):
+        POSITIONS.setdefault(r.fingerprint, (seq << POSITION_BITS) + i)
+    if "positions" not in fields:
+        made.positions = {f: POSITIONS[f] for f in made.processed if f in POSITIONS}
+    return made
 
 
 def run(number: int, **fields) -> CheckpointRun:

@@ -29,6 +29,14 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+@pytest.fixture(autouse=True)
+def _batch_positions():
+    """Each test's batches (tests.batch) find only the positions its own batches recorded."""
+    from . import POSITIONS
+
+    POSITIONS.clear()
+
+
 @pytest.fixture
 def shop(tmp_path):
     """A demo shop of 600 products; yields (url, shop log path, products)."""

@@ -211,7 +211,7 @@ def test_corrupt_checkpoint_is_refused_not_restarted(tmp_path, shop):
     with sqlite3.connect(path) as db:
         (checkpoint_id,) = db.execute("SELECT checkpoint_id FROM checkpoints").fetchone()
         db.execute("UPDATE checkpoints SET record = '{\"pipeline_step\": \"x\"}'")
-        requests_before = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        requests_before = db.execute("SELECT (SELECT COUNT(*) FROM pending), (SELECT COUNT(*) FROM processed)").fetchone()
     items_before = demo_support.count_lines(tmp_path / "items.jsonl")
     code, _, crawl_log = crawl(url, tmp_path, resume=True)
     text = crawl_log.read_text()
@@ -220,7 +220,7 @@ def test_corrupt_checkpoint_is_refused_not_restarted(tmp_path, shop):
     assert demo_support.count_lines(tmp_path / "items.jsonl") == items_before
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 1
-        assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == requests_before
+        assert db.execute("SELECT (SELECT COUNT(*) FROM pending), (SELECT COUNT(*) FROM processed)").fetchone() == requests_before
 
 
 def test_unknown_checkpoint_id(tmp_path, shop):
@@ -301,8 +301,8 @@ def test_a_large_checkpoint_resumes_exactly_while_its_processed_requests_load(tm
             if store == "sqlite":
                 key = s.db.execute("SELECT id FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,)).fetchone()[0]
                 with s.db:
-                    s.db.executemany("INSERT INTO requests (checkpoint, fingerprint, position, processed)"
-                                     " VALUES (?, ?, 0, 1)", ((key, fp) for fp in fillers))
+                    s.db.executemany("INSERT INTO processed (checkpoint, position, fingerprint) VALUES (?, ?, ?)",
+                                     ((key, -1 - n, fp) for n, fp in enumerate(fillers)))
             else:
                 for start in range(0, filler, 10_000):
                     s.client.sadd(s._key(checkpoint_id, "processed"), *fillers[start:start + 10_000])

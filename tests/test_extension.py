@@ -23,8 +23,8 @@ from scrapy_checkpoint import (
     item_key,
 )
 from scrapy_checkpoint._fingerprints import FingerprintSet
-from scrapy_checkpoint.extension import track_output
-from scrapy_checkpoint.models import Batch
+from scrapy_checkpoint.extension import RECORD_META, track_output
+from scrapy_checkpoint.models import POSITION_BITS, Batch
 
 
 class ShopSpider(Spider):
@@ -134,6 +134,70 @@ def test_duplicate_dropped_by_scheduler_is_not_recorded(ext):
     ext.request_dropped(dup)
     assert len(ext._batch.discovered) == 1
     assert ext._events == 1
+
+
+def test_a_processed_mark_carries_the_position_its_discovery_was_recorded_at(ext):
+    """SQLite keeps requests by position: a request's meta (RECORD_META) says where it is."""
+    spider = ext.crawler.spider
+    ext._record_tag = "cp-1"
+    ext._batch = Batch(seq=7)
+    first, second = Request("http://shop.test/p/1"), Request("http://shop.test/p/2")
+    ext.request_scheduled(first, spider)
+    ext.request_scheduled(second, spider)
+    assert second.meta[RECORD_META] == ("cp-1", (7 << POSITION_BITS) + 1, fp(ext, second))
+    ext.processed(second)
+    assert ext._batch.positions == {fp(ext, second): (7 << POSITION_BITS) + 1}
+
+
+def test_a_retry_is_not_recorded_twice_and_a_copied_meta_is_not_taken_for_its_own(ext):
+    spider = ext.crawler.spider
+    ext._record_tag = "cp-1"
+    page = Request("http://shop.test/c/1")
+    ext.request_scheduled(page, spider)
+    retry = page.replace(dont_filter=True)  # what RetryMiddleware schedules: meta copied
+    ext.request_scheduled(retry, spider)
+    assert len(ext._batch.discovered) == 1
+    child = Request("http://shop.test/p/1", meta=page.meta)  # meta=response.meta
+    ext.request_scheduled(child, spider)
+    assert [r.url for r in ext._batch.discovered] == [page.url, child.url]
+    assert child.meta[RECORD_META][1:] == (ext._batch.next_position - 1, fp(ext, child))
+    ext.processed(Request("http://shop.test/p/2", meta=page.meta))  # never recorded here
+    assert ext._batch.positions == {}
+
+
+def test_a_dropped_request_gives_up_its_position(ext):
+    spider = ext.crawler.spider
+    first, dup = Request("http://shop.test/p/1"), Request("http://shop.test/p/1")
+    ext.request_scheduled(first, spider)
+    ext.request_scheduled(dup, spider)
+    ext.request_dropped(dup)
+    assert RECORD_META not in dup.meta
+    other = Request("http://shop.test/p/2")
+    ext.request_scheduled(other, spider)
+    assert other.meta[RECORD_META][1] == ext._batch.next_position - 1
+
+
+def test_restored_requests_another_record_stands_for_are_superseded(ext):
+    """A resume restores a pending record whose URL this run recorded again (the dupefilter
+    drops it), or processed already: its own record goes, by its position, or, restored from
+    the previous layout (no position), by its fingerprint."""
+    spider = ext.crawler.spider
+    ext._record_tag = "cp-1"
+    done, twin = Request("http://shop.test/p/done"), Request("http://shop.test/p/twin")
+    done.meta[RECORD_META] = ("cp-1", 5, fp(ext, done))
+    twin.meta[RECORD_META] = ("cp-1", 6, fp(ext, twin))
+    legacy = Request("http://shop.test/p/legacy")
+    ext._processed_before = FingerprintSet([fp(ext, done)])
+    ext._reseeding = True
+    with pytest.raises(IgnoreRequest):
+        ext.request_scheduled(done, spider)
+    ext.request_scheduled(twin, spider)
+    ext.request_dropped(twin)
+    ext.request_scheduled(legacy, spider)
+    ext.request_dropped(legacy)
+    ext._reseeding = False
+    assert ext._batch.discovered == []
+    assert ext._batch.superseded == [(5, fp(ext, done)), (6, fp(ext, twin)), (-1, fp(ext, legacy))]
 
 
 def test_start_requests_flagged(ext):

@@ -238,6 +238,102 @@ class TestSQLiteLayout:
             store.close()
 
 
+def to_layout_2(path):
+    """Turn a file of this layout back into one the previous release wrote: one row a request,
+    keyed by fingerprint, pending or processed, and no position in any request's meta."""
+    import pickle
+
+    from scrapy_checkpoint.extension import RECORD_META
+
+    def unmarked(data):
+        try:
+            request = pickle.loads(data)
+        except Exception:  # a test's own bytes
+            return data
+        request["meta"].pop(RECORD_META, None)
+        return pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+
+    db = sqlite3.connect(path, isolation_level=None)
+    db.create_function("unmarked", 1, unmarked)
+    db.executescript("""
+        BEGIN;
+        CREATE TABLE requests (
+            checkpoint INTEGER NOT NULL, fingerprint BLOB NOT NULL, position INTEGER NOT NULL,
+            url TEXT, request BLOB, processed INTEGER NOT NULL DEFAULT 0,
+            start INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (checkpoint, fingerprint)
+        ) WITHOUT ROWID;
+        CREATE INDEX requests_pending ON requests (checkpoint, position) WHERE processed = 0;
+        INSERT OR IGNORE INTO requests (checkpoint, fingerprint, position, url, request, start)
+            SELECT checkpoint, fingerprint, position, url, unmarked(request), start FROM pending;
+        INSERT OR REPLACE INTO requests (checkpoint, fingerprint, position, processed)
+            SELECT checkpoint, fingerprint, 0, 1 FROM processed;
+        DROP TABLE pending;
+        DROP TABLE processed;
+        PRAGMA user_version = 2;
+        COMMIT;
+    """)
+    db.close()
+
+
+class TestSQLiteMigration:
+    def test_layout_2_file_is_migrated_whole(self, tmp_path):
+        path = tmp_path / "checkpoints.sqlite3"
+        store = SQLiteCheckpointStore(path)
+        store.open()
+        cp = new_checkpoint()
+        store.create(cp)
+        cid = cp.checkpoint_id
+        store.apply(cid, batch(1, discovered=[discovered(1), discovered(2), discovered(3, start=True)],
+                               processed=[fp(1)], items=[("Product", {"sku": "A1"})],
+                               item_counts={"Product": 1}), TTL)
+        store.close()
+        to_layout_2(path)
+        store = SQLiteCheckpointStore(path)
+        store.open()
+        try:
+            assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            assert {r[0] for r in store.db.execute("SELECT name FROM sqlite_master")} >= {"pending", "processed"}
+            assert "requests" not in {r[0] for r in store.db.execute("SELECT name FROM sqlite_master")}
+            data = store.get(cid).pipeline_data
+            assert (data.urls_discovered, data.urls_processed) == (3, 1)
+            assert list(store.processed_fingerprints(cid)) == [fp(1)]
+            assert store.pending_requests(cid, None, 10)[0] == [b"request-2", b"request-3"]
+            assert set(store.pending_start_fingerprints(cid)) == {fp(3)}
+            assert list(store.items(cid)) == [("Product", {"sku": "A1"})]
+            # Restored, its meta holds no position: found by its fingerprint.
+            store.apply(cid, batch(2, processed=[fp(2)], positions={}), TTL)
+            # Restored, then superseded (processed already, or a twin recorded in this run).
+            store.apply(cid, batch(3, superseded=[(-1, fp(3))]), TTL)
+            data = store.get(cid).pipeline_data
+            assert (data.urls_discovered, data.urls_processed) == (2, 2)
+            assert store.pending_requests(cid, None, 10)[0] == []
+            assert sorted(store.processed_fingerprints(cid)) == sorted([fp(1), fp(2)])
+        finally:
+            store.close()
+
+    def test_a_failed_migration_leaves_layout_2(self, tmp_path, monkeypatch):
+        path = tmp_path / "checkpoints.sqlite3"
+        store = SQLiteCheckpointStore(path)
+        store.open()
+        cid = fill(store)
+        store.close()
+        to_layout_2(path)
+        before = path.read_bytes()
+        from scrapy_checkpoint.stores import sqlite as sqlite_store
+
+        monkeypatch.setattr(sqlite_store, "_SCHEMA", sqlite_store._SCHEMA + "; CREATE TABLE broken (")
+        with pytest.raises(sqlite3.OperationalError):
+            SQLiteCheckpointStore(path).open()
+        assert path.read_bytes() == before
+        monkeypatch.undo()
+        store = SQLiteCheckpointStore(path)
+        store.open()
+        try:
+            readable(store, cid)
+        finally:
+            store.close()
+
+
 def test_migration_steps_run_in_order_and_stamp_each(redis_url, redis_client, monkeypatch):
     """The place for the next change of layout: a step from each layout to the next, run at
     open() on a store of an older layout, each stamped as it is reached."""
@@ -304,3 +400,31 @@ def test_crawl_on_a_refused_redis_store_ends_with_the_error(tmp_path, shop, redi
     assert "'finish_reason': 'checkpoint_error'" in text and code == 1, text[-3000:]
     assert demo_support.count_lines(tmp_path / "items.jsonl") == 0
     assert redis_contents(redis_client) == before
+
+
+@pytest.mark.e2e
+def test_a_crawl_killed_under_the_previous_layout_resumes_after_the_upgrade(tmp_path):
+    """`scrapy crawl` killed half way, its file turned into the previous release's (layout 2,
+    no positions in the saved requests), then resumed: migrated at open, nothing lost or done
+    twice, and no request of the old layout left pending at the end."""
+    products = 600
+    log = tmp_path / "shop.log"
+    with demo_support.running_shop(log, products=products, latency=0.002) as url:
+        _, killed, crawl_log = crawl(url, tmp_path, kill_when_items=products // 2)
+        assert killed, crawl_log.read_text()[-3000:]
+        path = tmp_path / "checkpoints" / "checkpoints.sqlite3"
+        to_layout_2(path)
+        code, killed, crawl_log = crawl(url, tmp_path, resume=True)
+        assert (code, killed) == (0, False), crawl_log.read_text()[-3000:]
+    assert "from layout 2 to layout 3" in crawl_log.read_text()
+    summary = demo_support.summarize(tmp_path / "items.jsonl", log, products)
+    assert summary["lost"] == 0 and summary["duplicates"] == 0, summary
+    store = SQLiteCheckpointStore(path)
+    store.open()
+    try:
+        (checkpoint,) = store.list_checkpoints()
+        data = checkpoint.pipeline_data
+        assert data.urls_processed == data.urls_discovered > products, data
+        assert store.db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
+    finally:
+        store.close()

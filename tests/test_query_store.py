@@ -208,7 +208,7 @@ class TestSQLiteQueries(QueryStoreContract):
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"checkpoints", "requests", "items", "user_queries", "query_sessions"} <= tables
+        assert {"checkpoints", "pending", "processed", "items", "user_queries", "query_sessions"} <= tables
 
     def test_expired_purged_on_open(self, make_store, tmp_path):
         store = make_store()

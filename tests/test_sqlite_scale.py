@@ -44,9 +44,9 @@ def _filled(store: SQLiteCheckpointStore, status: CheckpointStatus = CheckpointS
     return cp.checkpoint_id
 
 
-def _rows(store: SQLiteCheckpointStore) -> tuple[int, int, int]:
+def _rows(store: SQLiteCheckpointStore) -> tuple[int, int, int, int]:
     return tuple(store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-                 for table in ("checkpoints", "requests", "items"))
+                 for table in ("checkpoints", "pending", "processed", "items"))
 
 
 def _kill_after(monkeypatch, chunks: int) -> None:
@@ -61,14 +61,14 @@ def _kill_after(monkeypatch, chunks: int) -> None:
     monkeypatch.setattr(sqlite_store.time, "sleep", sleep)
 
 
-def test_processed_rows_keep_only_their_fingerprint(path):
+def test_processed_requests_keep_only_their_fingerprint(path):
     store = SQLiteCheckpointStore(path)
     store.open()
     try:
         cid = _filled(store)
-        rows = store.db.execute("SELECT processed, url IS NULL, request IS NULL, COUNT(*) FROM requests"
-                                " GROUP BY 1, 2, 3").fetchall()
-        assert rows == [(0, 0, 0, URLS // 2), (1, 1, 1, URLS // 2)]
+        pending = store.db.execute("SELECT fingerprint FROM pending").fetchall()
+        assert {f for (f,) in pending} == {fp(n) for n in range(URLS // 2, URLS)}
+        assert store.db.execute("SELECT COUNT(*) FROM processed").fetchone()[0] == URLS // 2
         assert set(store.processed_fingerprints(cid)) == {fp(n) for n in range(URLS // 2)}
     finally:
         store.close()
@@ -82,7 +82,7 @@ def test_delete_goes_in_chunks_and_leaves_nothing(path):
         assert store.delete(gone)
         assert store.get(gone) is None
         assert [c.checkpoint_id for c in store.list_checkpoints()] == [kept]
-        assert _rows(store) == (1, URLS, 7)
+        assert _rows(store) == (1, URLS // 2, URLS // 2, 7)
         assert not store.delete(gone)
     finally:
         store.close()
@@ -106,7 +106,7 @@ def test_another_crawl_writes_between_chunks(path, monkeypatch):
 
         monkeypatch.setattr(sqlite_store.time, "sleep", sleep)
         assert store.delete(gone)
-        assert len(pauses) == URLS // sqlite_store.DELETE_CHUNK + 7 // sqlite_store.DELETE_CHUNK
+        assert len(pauses) == 2 * (URLS // 2 // sqlite_store.DELETE_CHUNK) + 7 // sqlite_store.DELETE_CHUNK
         assert crawl.get(running.checkpoint_id).seq == len(pauses)
         assert store.get(gone) is None
     finally:
@@ -124,7 +124,7 @@ def test_killed_half_way_is_never_resumed(path, monkeypatch, status):
         _kill_after(monkeypatch, 2)
         with pytest.raises(Killed):
             store.delete(cid)
-        assert 0 < _rows(store)[1] < URLS  # half deleted
+        assert 0 < _rows(store)[1] < URLS // 2  # half deleted
         assert store.get(cid) is None
         assert store.find_resumable("products", "shop.test", "product_catalog") is None
         assert list(store.list_checkpoints()) == []
@@ -170,7 +170,7 @@ def test_next_open_finishes_a_killed_delete(path, monkeypatch):
     store.open()
     try:
         store._purger.join()  # in the background: the crawl that opened the store goes on
-        assert _rows(store) == (1, URLS, 7)
+        assert _rows(store) == (1, URLS // 2, URLS // 2, 7)
         assert store.get(kept) is not None
         assert store.get(cid) is None
     finally:
@@ -198,7 +198,7 @@ def test_expired_checkpoint_purged_in_chunks_on_open(path, monkeypatch):
     try:
         store._purger.join()
         assert pauses  # more than one transaction
-        assert _rows(store) == (0, 0, 0)
+        assert _rows(store) == (0, 0, 0, 0)
     finally:
         store.close()
 
@@ -216,13 +216,13 @@ def test_a_crawl_opening_the_store_does_not_wait_for_the_purge(path, monkeypatch
     store.open()  # returns with the expired checkpoint's rows still there
     try:
         assert paused.wait(60)
-        assert store.get(cid) is None and store.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] > 0
+        assert store.get(cid) is None and store.db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] > 0
         fresh = new_checkpoint()
         store.create(fresh)  # the crawl writes between the purge's chunks
         store.apply(fresh.checkpoint_id, batch(1, discovered=[discovered(1000)]), TTL)
         go_on.set()
         store._purger.join()
-        assert _rows(store) == (1, 1, 0)
+        assert _rows(store) == (1, 1, 0, 0)
     finally:
         go_on.set()
         store.close()

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from scrapy.settings import Settings
 
 from scrapy_checkpoint.exceptions import CheckpointError, CorruptCheckpointError, StoreUnavailable
-from scrapy_checkpoint.models import RUN_HISTORY, CheckpointStatus, QuerySession, UserQuery, utcnow
+from scrapy_checkpoint.models import POSITION_BITS, RUN_HISTORY, CheckpointStatus, QuerySession, UserQuery, utcnow
 from scrapy_checkpoint.settings import CheckpointSettings
 from scrapy_checkpoint.stores import SQLiteCheckpointStore, store_class
 
@@ -366,6 +366,35 @@ class TestSQLiteStore(StoreContract):
     def make_store(self, tmp_path):
         return lambda: SQLiteCheckpointStore(tmp_path / "checkpoints.sqlite3")
 
+    def test_rediscovery_is_ignored(self, store):
+        """Nothing is keyed by fingerprint: a URL recorded twice (a twin, found by a resumed
+        crawl before its restored record) is pending twice until the extension says which
+        record stands (Batch.superseded), and counted once."""
+        cp = new_checkpoint()
+        store.create(cp)
+        store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1), discovered(2)]), TTL)
+        store.apply(cp.checkpoint_id, batch(2, discovered=[discovered(1)]), TTL)
+        assert store.pending_requests(cp.checkpoint_id, None, 10)[0] == [b"request-1", b"request-2", b"request-1"]
+        store.apply(cp.checkpoint_id, batch(3, superseded=[(1 << POSITION_BITS, fp(1))]), TTL)
+        store.apply(cp.checkpoint_id, batch(4, processed=[fp(1)], positions={fp(1): 2 << POSITION_BITS}), TTL)
+        data = store.get(cp.checkpoint_id).pipeline_data
+        assert (data.urls_discovered, data.urls_processed) == (2, 1)
+        assert store.pending_requests(cp.checkpoint_id, None, 10)[0] == [b"request-2"]
+        assert list(store.processed_fingerprints(cp.checkpoint_id)) == [fp(1)]
+
+    def test_a_processed_mark_deletes_only_the_record_it_names(self, store):
+        """A position copied into another request's meta (a request made with meta=response.meta)
+        names another fingerprint's record: nothing is deleted by it."""
+        cp = new_checkpoint()
+        store.create(cp)
+        store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1), discovered(2)]), TTL)
+        store.apply(cp.checkpoint_id, batch(2, processed=[fp(3)], positions={fp(3): 1 << POSITION_BITS}), TTL)
+        assert store.pending_requests(cp.checkpoint_id, None, 10)[0] == [b"request-1", b"request-2"]
+        store.apply(cp.checkpoint_id, batch(3, processed=[fp(2), fp(2)]), TTL)  # a repeat counts once
+        data = store.get(cp.checkpoint_id).pipeline_data
+        assert (data.urls_discovered, data.urls_processed) == (2, 1)
+        assert store.pending_requests(cp.checkpoint_id, None, 10)[0] == [b"request-1"]
+
     def test_items_read_by_pages(self, store, monkeypatch):
         from scrapy_checkpoint.stores import sqlite
 
@@ -391,8 +420,9 @@ class TestSQLiteStore(StoreContract):
         cp = new_checkpoint()
         store.create(cp)
         store.apply(cp.checkpoint_id, batch(1, discovered=[discovered(1), discovered(2)], processed=[fp(1)]), TTL)
-        bodies = dict(store.db.execute("SELECT fingerprint, request FROM requests"))
-        assert bodies == {fp(1): None, fp(2): b"request-2"}
+        bodies = dict(store.db.execute("SELECT fingerprint, request FROM pending"))
+        assert bodies == {fp(2): b"request-2"}
+        assert store.db.execute("SELECT fingerprint FROM processed").fetchall() == [(fp(1),)]
 
     def test_resume_scan_reads_through_its_own_connection(self, tmp_path):
         """The scan of processed fingerprints opens the file again, read-only, by URI: a
@@ -457,7 +487,7 @@ class TestSQLiteStore(StoreContract):
                                             items=[("Product", {"sku": "A1"})]), TTL)
         assert store.stored_bytes(cp.checkpoint_id) > len(b"request-2") + 2 * 20
         assert store.delete(cp.checkpoint_id)
-        for table in ("checkpoints", "requests", "items"):
+        for table in ("checkpoints", "pending", "processed", "items"):
             assert store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
         assert store.stored_bytes(cp.checkpoint_id) is None
 
@@ -483,7 +513,7 @@ class TestSQLiteStore(StoreContract):
         try:
             assert store.get(cp.checkpoint_id) is None  # at once; its rows go in the background
             store._purger.join()
-            assert store.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 0
+            assert store.db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
         finally:
             store.close()
 

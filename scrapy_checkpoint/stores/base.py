@@ -71,6 +71,10 @@ class CheckpointStore(ABC):
     #: Whether scrapy-redis workers can share one checkpoint in it (see RedisCheckpointStore's
     #: claim, beat, next_run and workers); in a store that cannot, each worker has its own.
     shared: bool = False
+    #: Whether it finds a processed request's record by its position (Batch.positions) rather
+    #: than by its fingerprint: the extension then saves each request's position in its meta
+    #: (RECORD_META), and leaves the store no duplicate to ignore (see Batch.superseded).
+    by_position: ClassVar[bool] = False
     #: The layout of the data this version of the store reads and writes, recorded in the store
     #: itself when it is opened. A change of what the store holds that the version before cannot
     #: read raises it, and adds the step from the layout before to ``migrations``.

@@ -13,12 +13,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
 from ..exceptions import CheckpointError, CorruptCheckpointError
-from ..models import RESUMABLE, Batch, Checkpoint, QuerySession, UserQuery, utcnow
+from ..models import POSITION_BITS, RESUMABLE, Batch, Checkpoint, QuerySession, UserQuery, utcnow
 from .base import CheckpointStore, StatusFilter, statuses
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ _Q = TypeVar("_Q", UserQuery, QuerySession)
 FILENAME = "checkpoints.sqlite3"
 #: PRAGMA user_version of the layout below (the store's ``layout``); a file of another
 #: version is refused, not mangled.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: WAL size that wakes the checkpointing thread. Each checkpoint copies every page the WAL
 #: holds, so rarer ones copy a page rewritten by many batches once instead of many times.
 WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
@@ -42,8 +43,6 @@ WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
 WAL_LIMIT_BYTES = 16 * WAL_CHECKPOINT_BYTES
 #: Page cache of the connection that reads every processed fingerprint on resume.
 SCAN_CACHE_KIB = 2048
-#: Bits of a request's position that number it within its batch.
-POSITION_BITS = 32
 #: Stored items read at a time by items().
 ITEMS_PAGE = 1000
 #: The first bits of a WAL header's magic number; its last bit gives the checksums' byte order.
@@ -60,8 +59,17 @@ DELETE_PAUSE_MIN = 0.005
 DELETING = "deleting"
 
 # Rows refer to their checkpoint by its integer key: a 36-character UUID repeated in every
-# row and index entry would make up much of a large file. Requests live in a B-tree ordered
-# by fingerprint (WITHOUT ROWID): a separate unique index would double the random writes.
+# row and index entry would make up much of a large file.
+#
+# Nothing a batch writes is keyed by fingerprint: fingerprints are random, so at ten million
+# URLs each one written would dirty a page of its own (one random B-tree page per event made a
+# flush three times slower at 10M than at 0). Pending requests are kept by their position
+# (discovery order) and processed fingerprints by the order they were processed in: a batch
+# appends to both, and a processed request's record is deleted by the position the extension
+# saved in its meta (RECORD_META), near the others of its time. The extension, not the store,
+# keeps a URL from being recorded twice (the scheduler's dupefilter, the processed set of a
+# resume); a twin left by a resume is superseded when restored (Batch.superseded). Requests
+# migrated from layout 2 have no position in their meta: ``legacy`` rows, found by fingerprint.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     id INTEGER PRIMARY KEY,
@@ -77,18 +85,23 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE INDEX IF NOT EXISTS checkpoints_job
     ON checkpoints (spider, site_domain, job_type, status, updated_at);
-CREATE TABLE IF NOT EXISTS requests (
+CREATE TABLE IF NOT EXISTS pending (
     checkpoint INTEGER NOT NULL,
-    fingerprint BLOB NOT NULL,
     position INTEGER NOT NULL,
-    url TEXT,
-    request BLOB,
-    processed INTEGER NOT NULL DEFAULT 0,
+    fingerprint BLOB NOT NULL,
+    url TEXT NOT NULL,
+    request BLOB NOT NULL,
     start INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (checkpoint, fingerprint)
+    legacy INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (checkpoint, position)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS requests_pending
-    ON requests (checkpoint, position) WHERE processed = 0;
+CREATE INDEX IF NOT EXISTS pending_legacy ON pending (checkpoint, fingerprint) WHERE legacy = 1;
+CREATE TABLE IF NOT EXISTS processed (
+    checkpoint INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    fingerprint BLOB NOT NULL,
+    PRIMARY KEY (checkpoint, position)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,
     checkpoint INTEGER NOT NULL,
@@ -157,8 +170,38 @@ class SQLiteCheckpointStore(CheckpointStore):
     """
 
     name = "sqlite"
+    by_position = True
     #: The file's PRAGMA user_version; a file without it (0) that holds tables is refused.
     layout = SCHEMA_VERSION
+
+    def _from_layout_2(self, db: sqlite3.Connection) -> None:
+        """Layout 2 kept a row a request, keyed by fingerprint, processed or not. Its pending
+        rows become legacy pending rows (a position in their meta they never had), its
+        processed ones the processed log (at negative positions, before every batch's). One
+        transaction, the new layout stamped in it: a kill leaves layout 2 whole."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "INSERT INTO pending (checkpoint, position, fingerprint, url, request, start, legacy)"
+                " SELECT checkpoint, position, fingerprint, COALESCE(url, ''), request, start, 1"
+                " FROM requests WHERE processed = 0 AND request IS NOT NULL"
+            )
+            db.execute(
+                "INSERT INTO processed (checkpoint, position, fingerprint)"
+                " SELECT checkpoint, -ROW_NUMBER() OVER (PARTITION BY checkpoint ORDER BY fingerprint), fingerprint"
+                " FROM requests WHERE processed = 1"
+            )
+            db.execute("DROP TABLE requests")
+            db.execute("PRAGMA user_version = 3")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    migrations = MappingProxyType({2: _from_layout_2})
 
     def __init__(self, path: str | Path, timeout: float = 5.0) -> None:
         self.path = Path(path)
@@ -369,7 +412,7 @@ class SQLiteCheckpointStore(CheckpointStore):
     def _delete_marked(self, key: int) -> None:
         """Delete the rows of a checkpoint marked deleting, DELETE_CHUNK at a time, each in a
         transaction of its own (the store's lock held for it alone), then its record."""
-        for table, column in (("requests", "fingerprint"), ("items", "id")):
+        for table, column in (("pending", "position"), ("processed", "position"), ("items", "id")):
             while True:
                 started = time.monotonic()
                 with self._lock, self._transaction() as db:
@@ -471,45 +514,60 @@ class SQLiteCheckpointStore(CheckpointStore):
         if batch.seq <= checkpoint.seq:
             return  # already applied (a retried flush)
         first = batch.seq << POSITION_BITS  # discovery order: the batch, then the place in it
-        discovered = db.executemany(
-            "INSERT OR IGNORE INTO requests (checkpoint, fingerprint, position, url, request, start)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(key, r.fingerprint, first + i, r.url, r.data, r.start) for i, r in enumerate(batch.discovered)],
-        ).rowcount
-        fingerprints = [(key, fp) for fp in batch.processed]
-        # A processed request is never rebuilt: its body and its URL go, most of a row.
+        db.executemany(
+            "INSERT INTO pending (checkpoint, position, fingerprint, url, request, start) VALUES (?, ?, ?, ?, ?, ?)",
+            [(key, first + i, r.fingerprint, r.url, r.data, r.start) for i, r in enumerate(batch.discovered)],
+        )
+        discovered = len(batch.discovered)
+        # Where each processed request's record is: as the extension saw it, or in this batch.
+        positions = {r.fingerprint: first + i for i, r in enumerate(batch.discovered)}
+        positions.update(batch.positions)
+        done = list(dict.fromkeys(batch.processed))
+        placed = [(key, first + i, fp, positions[fp]) for i, fp in enumerate(done) if fp in positions]
+        unplaced = [(key, first + i, fp) for i, fp in enumerate(done) if fp not in positions]
+        # Processed once: a request whose record is gone was processed before (a repeat).
+        db.executemany(
+            "INSERT INTO processed (checkpoint, position, fingerprint) SELECT ?1, ?2, ?3 WHERE EXISTS"
+            " (SELECT 1 FROM pending WHERE checkpoint = ?1 AND position = ?4 AND fingerprint = ?3)",
+            placed,
+        )
         processed = db.executemany(
-            "UPDATE requests SET processed = 1, request = NULL, url = NULL"
-            " WHERE checkpoint = ? AND fingerprint = ? AND processed = 0",
-            fingerprints,
+            "DELETE FROM pending WHERE checkpoint = ?1 AND position = ?4 AND fingerprint = ?3", placed
         ).rowcount
-        # A request processed without a record (it could not be serialized) still has to
-        # be known as processed, so that a resume does not redo it.
-        unknown = db.executemany(
-            "INSERT OR IGNORE INTO requests (checkpoint, fingerprint, position, processed)"
-            " VALUES (?, ?, 0, 1)",
-            fingerprints,
+        # One with no record here (it could not be serialized; another worker's, from a shared
+        # queue; or migrated, found by fingerprint below) still has to be known as processed,
+        # so that a resume does not redo it.
+        db.executemany("INSERT INTO processed (checkpoint, position, fingerprint) VALUES (?, ?, ?)", unplaced)
+        processed += len(unplaced)
+        discovered += len(unplaced)
+        superseded = db.executemany(
+            "DELETE FROM pending WHERE checkpoint = ? AND position = ? AND fingerprint = ?",
+            [(key, position, fp) for position, fp in batch.superseded if position >= 0],
         ).rowcount
+        if db.execute("SELECT 1 FROM pending INDEXED BY pending_legacy WHERE checkpoint = ? AND legacy = 1 LIMIT 1",
+                      (key,)).fetchone():
+            # Records migrated from layout 2, found by fingerprint (counted when discovered).
+            legacy = "DELETE FROM pending WHERE checkpoint = ? AND fingerprint = ? AND legacy = 1"
+            found = db.executemany(legacy, [(key, fp) for _, _, fp in unplaced]).rowcount
+            discovered -= found
+            processed += db.executemany(legacy, [(key, fp) for _, _, fp, _ in placed]).rowcount
+            superseded += db.executemany(legacy, [(key, fp) for _, fp in batch.superseded]).rowcount
+        discovered -= superseded  # counted once more when their twin was
         if batch.items:
             db.executemany(
                 "INSERT INTO items (checkpoint, item_type, item) VALUES (?, ?, ?)",
                 [(key, t, json.dumps(i, default=str)) for t, i in batch.items],
             )
-        batch.apply_to(
-            checkpoint, discovered=discovered + unknown, processed=processed + unknown, ttl=ttl
-        )
+        batch.apply_to(checkpoint, discovered=discovered, processed=processed, ttl=ttl)
         self._write_record(checkpoint)
 
     def processed_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
-        # In order, straight along the table's own B-tree: no sort.
-        yield from self._fingerprints(
-            "SELECT fingerprint FROM requests WHERE checkpoint = ? AND processed = 1 ORDER BY fingerprint",
-            checkpoint_id,
-        )
+        # In the order they were processed, straight along the table: the reader sorts them.
+        yield from self._fingerprints("SELECT fingerprint FROM processed WHERE checkpoint = ?", checkpoint_id)
 
     def pending_start_fingerprints(self, checkpoint_id: str) -> Iterator[bytes]:
         yield from self._fingerprints(
-            "SELECT fingerprint FROM requests WHERE checkpoint = ? AND processed = 0 AND start = 1",
+            "SELECT fingerprint FROM pending WHERE checkpoint = ? AND start = 1",
             checkpoint_id,
         )
 
@@ -536,11 +594,10 @@ class SQLiteCheckpointStore(CheckpointStore):
     ) -> tuple[list[bytes], Any]:
         with self._lock:
             rows = self.db.execute(
-                "SELECT position, request FROM requests INDEXED BY requests_pending"
-                " WHERE checkpoint = ? AND processed = 0 AND position > ? ORDER BY position LIMIT ?",
+                "SELECT position, request FROM pending WHERE checkpoint = ? AND position > ? ORDER BY position LIMIT ?",
                 (self._key(checkpoint_id), -1 if after is None else after, limit),
             ).fetchall()
-        return [r for _, r in rows if r is not None], (rows[-1][0] if rows else after)
+        return [r for _, r in rows], (rows[-1][0] if rows else after)
 
     def items(self, checkpoint_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         return self._items(checkpoint_id, [], [])
@@ -614,16 +671,17 @@ class SQLiteCheckpointStore(CheckpointStore):
         return True
 
     def stored_bytes(self, checkpoint_id: str) -> int | None:
-        """The bytes of the checkpoint's values (record, requests, items), without the
-        file's own overhead (pages, indexes)."""
+        """The bytes of the checkpoint's values (record, requests, processed fingerprints,
+        items), without the file's own overhead (pages, indexes)."""
         with self._lock:
             key = self._key(checkpoint_id)
             if key < 0:
                 return None
             return self.db.execute(
                 "SELECT (SELECT LENGTH(CAST(record AS BLOB)) FROM checkpoints WHERE id = :key)"
-                " + (SELECT COALESCE(SUM(LENGTH(fingerprint) + COALESCE(LENGTH(CAST(url AS BLOB)), 0)"
-                "    + COALESCE(LENGTH(request), 0)), 0) FROM requests WHERE checkpoint = :key)"
+                " + (SELECT COALESCE(SUM(LENGTH(fingerprint) + LENGTH(CAST(url AS BLOB)) + LENGTH(request)), 0)"
+                "    FROM pending WHERE checkpoint = :key)"
+                " + (SELECT COALESCE(SUM(LENGTH(fingerprint)), 0) FROM processed WHERE checkpoint = :key)"
                 " + (SELECT COALESCE(SUM(LENGTH(CAST(item AS BLOB))), 0) FROM items WHERE checkpoint = :key)",
                 {"key": key},
             ).fetchone()[0]
